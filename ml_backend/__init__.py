@@ -1,0 +1,3 @@
+"""DECOMP active learning for dense segmentation, served as a Label Studio ML backend."""
+
+__version__ = "0.1.0"
