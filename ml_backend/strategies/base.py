@@ -73,13 +73,24 @@ class Region:
 
 
 class RegionShape(Protocol):
-    """Turns a seed pixel into a region. Squares/cubes and superpixels/supervoxels implement it."""
+    """Turns a seed pixel into a region. Squares/cubes and superpixels/supervoxels implement it.
+
+    Strategies keep regions disjoint from labelled pixels and from each other through a boolean
+    "clear seeds" mask: a seed is clear when the region grown from it would touch no forbidden pixel.
+    """
 
     def prepare(self, image: ScoredImage) -> None:
-        """Per-image set-up (for example computing superpixels); called once before ``region_at``."""
+        """Per-image set-up (for example computing superpixels); called once before the methods below."""
 
     def region_at(self, seed: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
         """The region grown from ``seed``, as (bbox, mask inside bbox)."""
+
+    def clear_seeds(self, forbidden: np.ndarray) -> np.ndarray:
+        """Boolean mask of the seeds whose region would not overlap ``forbidden``."""
+
+    def block(self, clear: np.ndarray, bbox: tuple[slice, ...], mask: np.ndarray) -> None:
+        """Update ``clear`` in place after a region (bbox, mask) was chosen: seeds whose region would
+        now overlap it stop being clear. Must cost in proportion to the region, not the image."""
 
 
 class RegionStrategy(Protocol):
