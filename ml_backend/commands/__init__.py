@@ -1,0 +1,1 @@
+"""Subcommands of the label-studio-decomp command line, one module each."""
