@@ -1,0 +1,180 @@
+"""ProjectState: the per-project folder survives re-creation of the object and kills at any instant."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from ml_backend.labelstudio import state as state_module
+from ml_backend.labelstudio.state import (
+    KEPT_RUNS,
+    KEPT_VERSIONS,
+    ProjectState,
+    StateError,
+    project_key,
+    read_json,
+    write_json_atomic,
+)
+
+
+def _save_fake_checkpoint(state: ProjectState, version: str) -> None:
+    path = state.checkpoint_path(version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(version.encode())
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [("12.1700000000", "12"), ("12", "12"), (12, "12"), (None, "default"), ("", "default")],
+)
+def test_project_key_accepts_label_studio_forms(sent: object, expected: str) -> None:
+    assert project_key(sent) == expected
+
+
+@pytest.mark.parametrize("sent", ["../etc", "a/b", 1.5, True, ["12"], "12 13"])
+def test_project_key_rejects_what_could_escape_model_dir(sent: object) -> None:
+    with pytest.raises(ValueError, match="project"):
+        project_key(sent)
+
+
+def test_fresh_project_serves_the_initial_version_without_a_checkpoint(tmp_path: Path) -> None:
+    state = ProjectState(tmp_path, "3.1700000")
+    assert state.root == tmp_path.resolve() / "3"
+    assert state.current_version() == "decomp-v0"
+    assert state.next_version() == "decomp-v0"
+    assert state.current_checkpoint() is None
+    assert state.versions() == []
+    assert not state.root.exists(), "reading must not create files"
+
+
+def test_published_versions_survive_recreation_and_old_ones_are_pruned(tmp_path: Path) -> None:
+    state = ProjectState(tmp_path, 7)
+    total = KEPT_VERSIONS + 2
+    for _ in range(total):
+        version = state.next_version()
+        _save_fake_checkpoint(state, version)
+        state.publish_version(version, {"val_miou": 0.5})
+
+    reopened = ProjectState(tmp_path, "7.123")
+    newest = f"decomp-v{total - 1}"
+    assert reopened.current_version() == newest
+    assert reopened.current_checkpoint() == reopened.checkpoint_path(newest)
+    assert reopened.next_version() == f"decomp-v{total}"
+    listed = [entry["version"] for entry in reopened.versions()]
+    assert listed == [f"decomp-v{n}" for n in range(total - 1, total - 1 - KEPT_VERSIONS, -1)]
+    assert reopened.versions()[0]["metrics"] == {"val_miou": 0.5}
+    assert not reopened.checkpoint_path("decomp-v0").exists()
+    assert not reopened.checkpoint_path("decomp-v1").exists()
+    assert reopened.checkpoint_path("decomp-v2").exists()
+
+
+def test_publishing_without_a_saved_checkpoint_is_refused(tmp_path: Path) -> None:
+    state = ProjectState(tmp_path, 1)
+    with pytest.raises(StateError, match="checkpoint"):
+        state.publish_version("decomp-v0")
+    assert state.current_version() == "decomp-v0"
+
+
+def test_a_crash_during_a_write_keeps_the_previous_version(tmp_path: Path, monkeypatch) -> None:
+    state = ProjectState(tmp_path, 1)
+    _save_fake_checkpoint(state, "decomp-v0")
+    state.publish_version("decomp-v0")
+    _save_fake_checkpoint(state, "decomp-v1")
+
+    def killed(*_args: object) -> None:
+        raise SystemExit("killed before the rename")
+
+    monkeypatch.setattr(state_module.os, "replace", killed)
+    with pytest.raises(SystemExit):
+        state.publish_version("decomp-v1")
+    monkeypatch.undo()
+
+    reopened = ProjectState(tmp_path, 1)
+    assert reopened.current_version() == "decomp-v0"
+    assert [p.name for p in reopened.root.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_process_killed_while_writing_leaves_a_readable_file(tmp_path: Path) -> None:
+    target = tmp_path / "version.json"
+    writer = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from ml_backend.labelstudio.state import write_json_atomic
+        target = Path({str(target)!r})
+        n = 0
+        while True:
+            write_json_atomic(target, {{"n": n, "padding": "x" * 200000}})
+            n += 1
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", writer])
+    try:
+        deadline = time.monotonic() + 30
+        while read_json(target) is None or read_json(target)["n"] < 3:
+            assert time.monotonic() < deadline, "the writer never got going"
+            time.sleep(0.01)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    payload = json.loads(target.read_text())
+    assert payload["n"] >= 3
+    assert payload["padding"] == "x" * 200000
+
+
+def test_corrupt_version_file_names_itself(tmp_path: Path) -> None:
+    state = ProjectState(tmp_path, 1)
+    state.root.mkdir(parents=True)
+    (state.root / "version.json").write_text("{not json")
+    with pytest.raises(StateError, match="version.json"):
+        state.current_version()
+    write_json_atomic(state.root / "version.json", {"current": "x"})
+    with pytest.raises(StateError, match="history"):
+        state.current_version()
+
+
+def test_annotation_counter_triggers_at_threshold_and_restarts(tmp_path: Path) -> None:
+    state = ProjectState(tmp_path, 1)
+    assert state.count_annotations(1, train_every=3) is False
+    assert state.count_annotations(1, train_every=3) is False
+    assert ProjectState(tmp_path, 1).annotations_since_last_run() == 2
+    assert state.count_annotations(1, train_every=3) is True
+    assert state.annotations_since_last_run() == 0
+    assert state.count_annotations(5, train_every=3) is True
+
+
+def test_runs_keep_only_the_most_recent(tmp_path: Path) -> None:
+    state = ProjectState(tmp_path, 1)
+    for n in range(KEPT_RUNS + 3):
+        state.record_run({"n": n})
+    runs = ProjectState(tmp_path, 1).runs()
+    assert [run["n"] for run in runs] == list(range(3, KEPT_RUNS + 3))
+
+
+def test_pool_statistics_proposals_and_label_config_round_trip(tmp_path: Path) -> None:
+    state = ProjectState(tmp_path, 4)
+    assert state.pool_statistics() is None
+    assert state.issued_proposals(10) is None
+    assert state.label_config() is None
+
+    state.write_pool_statistics({"counts": [1, 2]}, "decomp-v3")
+    state.record_proposals(10, {"model_version": "decomp-v3", "regions": [{"seed": [1, 2]}]})
+    state.save_label_config("<View/>")
+
+    reopened = ProjectState(tmp_path, 4)
+    statistics = reopened.pool_statistics()
+    assert statistics["model_version"] == "decomp-v3"
+    assert statistics["statistics"] == {"counts": [1, 2]}
+    issued = reopened.issued_proposals(10)
+    assert issued["regions"] == [{"seed": [1, 2]}]
+    assert issued["issued_at"] > 0
+    assert reopened.label_config() == "<View/>"
+    with pytest.raises(ValueError, match="task id"):
+        reopened.issued_proposals("../10")
