@@ -7,20 +7,66 @@ of Label Studio, HTTP or the segmentation model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+
+def smallest_label_dtype(num_classes: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds class indices 0 .. num_classes - 1."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if num_classes - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+def summarize_probabilities(probabilities: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel argmax class and max probability of a (C, *spatial) probability map.
+
+    Accepts numpy arrays or torch tensors (any device), float16 or float32. One ``torch.max`` over the
+    class axis yields both maps in a single pass, on float16 too (numpy's reductions are several times
+    slower there). Returns ``labels`` in the smallest unsigned dtype that fits C and ``confidence`` in the
+    input's float dtype, both as numpy arrays of the spatial shape.
+    """
+    import torch
+
+    tensor = probabilities if isinstance(probabilities, torch.Tensor) else torch.from_numpy(
+        np.asarray(probabilities)
+    )
+    if tensor.ndim < 2:
+        raise ValueError(
+            "probabilities must be (C, *spatial) with at least one spatial axis, "
+            f"got shape {tuple(tensor.shape)}"
+        )
+    if not tensor.is_floating_point():
+        raise ValueError(f"probabilities must be a float array (float16/float32), got {tensor.dtype}")
+    num_classes = tensor.shape[0]
+    if num_classes < 1:
+        raise ValueError("probabilities has an empty class axis (shape[0] == 0)")
+    confidence, labels = torch.max(tensor, dim=0)
+    label_dtype = getattr(torch, smallest_label_dtype(num_classes).name)
+    return labels.to(label_dtype).cpu().numpy(), confidence.cpu().numpy()
 
 
 @dataclass(frozen=True)
 class ScoredImage:
     """The outcome of one forward pass over one image (2-D) or volume (3-D), plus what is known of it.
 
-    ``labels`` and ``confidence`` are the per-pixel argmax class and max probability. ``probabilities``
-    (C x spatial) is kept only when a strategy needs more than those two (entropy, BADGE). ``features``
-    (F x spatial, possibly coarser than the image) is the model's penultimate feature map, for the
-    diversity baselines. ``labelled`` marks pixels an annotator already labelled; ``ignore`` marks pixels
-    that must never be counted or proposed (outside the body, padding, void).
+    ``labels`` and ``confidence`` are the per-pixel argmax class and max probability (see
+    ``summarize_probabilities`` / ``from_probabilities``). ``probabilities`` (C x spatial) is kept only when
+    a strategy needs more than those two (entropy, BADGE). ``features`` (F x spatial, possibly coarser than
+    the image) is the model's penultimate feature map, for the diversity baselines. ``labelled`` marks
+    pixels an annotator already labelled; ``ignore`` marks pixels that must never be counted or proposed
+    (outside the body, padding, void). ``pixels`` is the image itself, (*spatial) or (*spatial, channels)
+    in its native dtype, for region shapes that follow image content (superpixels); without it they fall
+    back to the probabilities.
+
+    Shapes are checked on construction; values are not (that would cost a pass over the image).
     """
 
     labels: np.ndarray
@@ -29,6 +75,63 @@ class ScoredImage:
     features: np.ndarray | None = None
     labelled: np.ndarray | None = None
     ignore: np.ndarray | None = None
+    pixels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        spatial = tuple(self.labels.shape)
+        if self.labels.ndim < 1 or not np.issubdtype(self.labels.dtype, np.integer):
+            raise ValueError(
+                f"ScoredImage.labels must be an integer class map with at least one axis, "
+                f"got dtype {self.labels.dtype} and shape {spatial}"
+            )
+        if tuple(self.confidence.shape) != spatial or not np.issubdtype(self.confidence.dtype, np.floating):
+            raise ValueError(
+                f"ScoredImage.confidence must be a float map of the labels' shape {spatial}, "
+                f"got dtype {self.confidence.dtype} and shape {tuple(self.confidence.shape)}"
+            )
+        if self.probabilities is not None and tuple(self.probabilities.shape[1:]) != spatial:
+            raise ValueError(
+                f"ScoredImage.probabilities must be (C, *{spatial}) (class axis first), "
+                f"got shape {tuple(self.probabilities.shape)}"
+            )
+        if self.features is not None and self.features.ndim != len(spatial) + 1:
+            raise ValueError(
+                f"ScoredImage.features must be (F, *spatial) with {len(spatial)} spatial axes, "
+                f"got shape {tuple(self.features.shape)}"
+            )
+        for name in ("labelled", "ignore"):
+            mask = getattr(self, name)
+            if mask is not None and (mask.dtype != bool or tuple(mask.shape) != spatial):
+                raise ValueError(
+                    f"ScoredImage.{name} must be a boolean mask of shape {spatial}, got dtype {mask.dtype} "
+                    f"and shape {tuple(mask.shape)} (convert 0/1 masks with mask.astype(bool))"
+                )
+        if self.pixels is not None and (
+            tuple(self.pixels.shape[: len(spatial)]) != spatial
+            or self.pixels.ndim not in (len(spatial), len(spatial) + 1)
+        ):
+            raise ValueError(
+                f"ScoredImage.pixels must be {spatial} or {spatial} + (channels,), "
+                f"got shape {tuple(self.pixels.shape)}"
+            )
+
+    @classmethod
+    def from_probabilities(
+        cls,
+        probabilities: np.ndarray | torch.Tensor,
+        *,
+        keep_probabilities: bool = False,
+        features: np.ndarray | None = None,
+        labelled: np.ndarray | None = None,
+        ignore: np.ndarray | None = None,
+        pixels: np.ndarray | None = None,
+    ) -> ScoredImage:
+        """Build from a (C, *spatial) probability map; keep the map itself only if a strategy needs it."""
+        labels, confidence = summarize_probabilities(probabilities)
+        kept = None
+        if keep_probabilities:
+            kept = probabilities if isinstance(probabilities, np.ndarray) else probabilities.cpu().numpy()
+        return cls(labels, confidence, kept, features, labelled, ignore, pixels)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -77,6 +180,7 @@ class RegionShape(Protocol):
 
     Strategies keep regions disjoint from labelled pixels and from each other through a boolean
     "clear seeds" mask: a seed is clear when the region grown from it would touch no forbidden pixel.
+    A seed always lies inside its own region, so a clear seed is itself an allowed pixel.
     """
 
     def prepare(self, image: ScoredImage) -> None:
@@ -86,7 +190,7 @@ class RegionShape(Protocol):
         """The region grown from ``seed``, as (bbox, mask inside bbox)."""
 
     def clear_seeds(self, forbidden: np.ndarray) -> np.ndarray:
-        """Boolean mask of the seeds whose region would not overlap ``forbidden``."""
+        """Boolean mask of the seeds whose region would not overlap ``forbidden`` (C-contiguous)."""
 
     def block(self, clear: np.ndarray, bbox: tuple[slice, ...], mask: np.ndarray) -> None:
         """Update ``clear`` in place after a region (bbox, mask) was chosen: seeds whose region would
