@@ -1,0 +1,237 @@
+"""Every route of the Flask app through its test client with a fake backend: shapes, auth, bad input."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from ml_backend.labelstudio import app as app_module
+from ml_backend.labelstudio.app import create_app
+
+
+class FakeBackend:
+    handled_events = frozenset({"ANNOTATION_CREATED", "START_TRAINING"})
+
+    def __init__(
+        self, project: str = "default", label_config: str | None = None, log: list | None = None
+    ) -> None:
+        self.project = project
+        self.label_config = label_config
+        self.log = log if log is not None else []
+        self.model_version = f"fake-{project}"
+
+    def setup(self, **kwargs: Any) -> None:
+        self.log.append(("setup", self.project, self.label_config, kwargs))
+
+    def predict(self, tasks: list[dict], context: dict | None = None, **kwargs: Any) -> dict:
+        self.log.append(("predict", self.project, self.label_config, context, kwargs))
+        return {
+            "model_version": self.model_version,
+            "predictions": [{"result": [], "score": 0.5} for _ in tasks],
+        }
+
+    def fit(self, event: str, data: dict, **kwargs: Any) -> dict:
+        self.log.append(("fit", self.project, event))
+        return {"queued": True}
+
+    def versions(self) -> list[str]:
+        return [self.model_version, "fake-old"]
+
+    def metrics(self) -> dict:
+        return {"project": self.project}
+
+
+@pytest.fixture
+def calls() -> list:
+    return []
+
+
+@pytest.fixture
+def client(calls):
+    app = create_app(lambda project, label_config: FakeBackend(project, label_config, calls))
+    return app.test_client()
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_the_module_builds_no_app_at_import() -> None:
+    assert not hasattr(app_module, "app")
+
+
+@pytest.mark.parametrize("route", ["/", "/health"])
+def test_health(client, route: str) -> None:
+    response = client.get(route)
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "UP", "model_class": "FakeBackend"}
+
+
+@pytest.mark.parametrize(("sent", "key"), [("12.1764264073", "12"), (12, "12"), (None, "default")])
+def test_setup_accepts_every_project_form(client, calls, sent, key) -> None:
+    body = {"schema": "<View/>", "hostname": "http://ls:8080", "access_token": "tok", "extra_params": None}
+    if sent is not None:
+        body["project"] = sent
+    response = client.post("/setup", json=body)
+    assert response.status_code == 200
+    assert response.get_json() == {"model_version": f"fake-{key}"}
+    assert calls == [
+        ("setup", key, "<View/>", {"hostname": "http://ls:8080", "access_token": "tok", "extra_params": None})
+    ]
+
+
+def test_predict_returns_one_result_per_task_with_model_version(client, calls) -> None:
+    tasks = [{"id": n, "data": {"image": f"/data/upload/{n}.png"}, "project": 3} for n in range(4)]
+    response = client.post(
+        "/predict",
+        json={
+            "tasks": tasks,
+            "project": "3.1700000000",
+            "label_config": "<View/>",
+            "params": {"login": None, "password": None, "context": {"result": []}},
+        },
+    )
+    assert response.status_code == 200
+    results = response.get_json()["results"]
+    assert results == [{"model_version": "fake-3", "result": [], "score": 0.5}] * 4
+    assert calls == [("predict", "3", "<View/>", {"result": []}, {"login": None, "password": None})]
+
+
+def test_predict_takes_the_project_from_the_tasks_when_missing(client, calls) -> None:
+    response = client.post("/predict", json={"tasks": [{"id": 1, "data": {}, "project": 9}]})
+    assert response.status_code == 200
+    assert calls[0][1] == "9"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"project": 1}, "'tasks' must be a list"),
+        ({"tasks": {"id": 1}}, "'tasks' must be a list"),
+        ({"tasks": [1]}, "tasks[0] must be a task object"),
+        ({"tasks": [{"id": 1}]}, "tasks[0] needs a 'data' object"),
+        ({"tasks": [], "params": [1]}, "'params' must be a JSON object"),
+        ({"tasks": [], "params": {"context": "x"}}, "'params.context' must be a JSON object"),
+        ({"tasks": [], "label_config": 5}, "'label_config' must be a string"),
+        ({"tasks": [], "project": "../../etc"}, "not a project id"),
+        ({"tasks": [], "project": [1]}, "project must be an int or a string"),
+    ],
+)
+def test_malformed_predict_requests_get_a_clear_400(client, body, message) -> None:
+    response = client.post("/predict", json=body)
+    assert response.status_code == 400
+    payload = response.get_json()
+    assert payload["status"] == 400
+    assert message in payload["detail"]
+
+
+@pytest.mark.parametrize("route", ["/setup", "/predict", "/webhook"])
+def test_non_json_bodies_get_a_400(client, route: str) -> None:
+    for body in (b"not json", b"[1, 2]", b""):
+        response = client.post(route, data=body, content_type="application/json")
+        assert response.status_code == 400, (route, body)
+        assert response.get_json()["detail"] == "request body must be a JSON object"
+
+
+def test_a_backend_returning_the_wrong_count_is_a_500_not_a_silent_drop() -> None:
+    class Short(FakeBackend):
+        def predict(self, tasks, context=None, **kwargs):
+            return {"model_version": "x", "predictions": []}
+
+    response = create_app(Short()).test_client().post("/predict", json={"tasks": [{"id": 1, "data": {}}]})
+    assert response.status_code == 500
+    assert response.get_json()["detail"] == "RuntimeError: the backend returned 0 predictions for 1 tasks"
+
+
+def test_a_crashing_backend_answers_json_without_traceback() -> None:
+    class Broken(FakeBackend):
+        def predict(self, tasks, context=None, **kwargs):
+            raise OSError("checkpoint unreadable")
+
+    response = create_app(Broken()).test_client().post("/predict", json={"tasks": []})
+    assert response.status_code == 500
+    assert response.get_json() == {"status": 500, "detail": "OSError: checkpoint unreadable"}
+
+
+def test_webhook_handled_event_is_201_ok(client, calls) -> None:
+    response = client.post(
+        "/webhook", json={"action": "START_TRAINING", "project": {"id": 4, "label_config": "<V/>"}}
+    )
+    assert response.status_code == 201
+    assert response.get_json() == {"result": {"queued": True}, "status": "ok"}
+    assert calls == [("fit", "4", "START_TRAINING")]
+
+
+def test_webhook_unknown_event_is_200_and_not_fitted(client, calls) -> None:
+    response = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 4}})
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "Unknown event"}
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"project": {"id": 1}}, "needs an 'action' string"),
+        ({"action": 5}, "needs an 'action' string"),
+        ({"action": "START_TRAINING"}, "START_TRAINING needs 'project.id'"),
+        ({"action": "START_TRAINING", "project": 4}, "'project' must be the project object"),
+        ({"action": "START_TRAINING", "project": {"id": "x/y"}}, "not a project id"),
+    ],
+)
+def test_malformed_webhooks_get_a_clear_400(client, calls, body, message) -> None:
+    response = client.post("/webhook", json=body)
+    assert response.status_code == 400
+    assert message in response.get_json()["detail"]
+    assert calls == []
+
+
+def test_versions_by_get_query_post_body_or_missing(client) -> None:
+    assert client.get("/versions?project=5").get_json() == {"versions": ["fake-5", "fake-old"]}
+    assert client.post("/versions", json={"project": "6.17"}).get_json() == {
+        "versions": ["fake-6", "fake-old"]
+    }
+    assert client.get("/versions").get_json() == {"versions": ["fake-default", "fake-old"]}
+
+
+def test_metrics(client) -> None:
+    assert client.get("/metrics?project=2").get_json() == {"project": "2"}
+    assert client.get("/metrics").get_json() == {"project": "default"}
+
+
+def test_unknown_route_and_wrong_method_are_json(client) -> None:
+    assert client.get("/nope").get_json()["status"] == 404
+    assert client.get("/predict").status_code == 405
+
+
+ROUTES = [
+    ("get", "/", None),
+    ("get", "/health", None),
+    ("post", "/setup", {"project": 1}),
+    ("post", "/predict", {"tasks": []}),
+    ("post", "/webhook", {"action": "START_TRAINING", "project": {"id": 1}}),
+    ("get", "/versions", None),
+    ("post", "/versions", {}),
+    ("get", "/metrics", None),
+]
+
+
+@pytest.mark.parametrize(("method", "route", "body"), ROUTES)
+def test_basic_auth_guards_every_route(method: str, route: str, body: dict | None) -> None:
+    client = create_app(FakeBackend(), basic_auth=("ls", "s3cret")).test_client()
+    call = getattr(client, method)
+    for headers in ({}, _basic("ls", "wrong"), _basic("other", "s3cret"), {"Authorization": "Bearer s3cret"}):
+        refused = call(route, json=body, headers=headers)
+        assert refused.status_code == 401, headers
+        assert refused.headers["WWW-Authenticate"] == 'Basic realm="label-studio-decomp"'
+        assert "credentials" in refused.get_json()["detail"]
+    allowed = call(route, json=body, headers=_basic("ls", "s3cret"))
+    assert allowed.status_code in (200, 201)
+
+
+@pytest.mark.parametrize(("method", "route", "body"), ROUTES)
+def test_without_basic_auth_every_route_is_open(method: str, route: str, body: dict | None) -> None:
+    response = getattr(create_app(FakeBackend()).test_client(), method)(route, json=body)
+    assert response.status_code in (200, 201)
