@@ -9,16 +9,30 @@ from ml_backend.strategies.base import (
     smallest_label_dtype,
     summarize_probabilities,
 )
+from ml_backend.strategies.decomp import (
+    DEFAULT_REGIONS_PER_IMAGE,
+    DecompImagePriority,
+    DecompSampler,
+    image_priority,
+)
 from ml_backend.strategies.shapes import BoxRegions, SuperpixelRegions
+from ml_backend.strategies.stats import DEFAULT_TAU, PoolStatistics, weights_from_rates
 
 __all__ = [
+    "DEFAULT_REGIONS_PER_IMAGE",
+    "DEFAULT_TAU",
     "BoxRegions",
+    "DecompImagePriority",
+    "DecompSampler",
     "ImageStrategy",
+    "PoolStatistics",
     "Region",
     "RegionShape",
     "RegionStrategy",
     "ScoredImage",
     "SuperpixelRegions",
+    "image_priority",
     "smallest_label_dtype",
     "summarize_probabilities",
+    "weights_from_rates",
 ]
