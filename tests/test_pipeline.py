@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from ml_backend.labelstudio.config import DecompSettings
 from ml_backend.pipeline import analyse_image, pool_weights, region_shape, score_image
 from ml_backend.strategies.base import ScoredImage
 from ml_backend.strategies.shapes import BoxRegions, SuperpixelRegions
 from ml_backend.strategies.stats import PoolStatistics
 
 
-@dataclass(frozen=True)
-class Options:
-    k: int = 3
-    region_size: int = 4
-    tau: float = 0.7
-    shape: str = "box"
-    center: str = "max_confidence"
-    min_pixels: int = 1
+def small_settings(**changes: object) -> DecompSettings:
+    """Label Studio's DECOMP settings (any object with those attributes would do), small for tests."""
+    return replace(DecompSettings(k=3, region_size=4), **changes)
 
 
 def _two_class_image() -> ScoredImage:
@@ -59,7 +55,7 @@ def test_region_shape_by_name() -> None:
 
 def test_analysis_draws_every_region_from_the_uncertain_class() -> None:
     image = _two_class_image()
-    analysis = analyse_image(image, np.array([0.0, 1.0]), Options(), rng=0)
+    analysis = analyse_image(image, np.array([0.0, 1.0]), small_settings(), rng=0)
 
     assert analysis.statistics == PoolStatistics(np.array([128, 128]), np.array([128, 0]), 0.7)
     assert analysis.priority == pytest.approx(1.0)
@@ -73,13 +69,13 @@ def test_analysis_draws_every_region_from_the_uncertain_class() -> None:
 
 
 def test_priority_counts_present_classes_once_under_uniform_weights() -> None:
-    analysis = analyse_image(_two_class_image(), pool_weights(None, 4), Options(k=0), rng=0)
+    analysis = analyse_image(_two_class_image(), pool_weights(None, 4), small_settings(k=0), rng=0)
     assert analysis.priority == pytest.approx(0.5)
     assert analysis.regions == []
 
 
 def test_analysis_is_deterministic_for_a_seed() -> None:
-    options = Options(k=6, center="uniform")
+    options = small_settings(k=6, center="uniform")
     weights = np.array([0.5, 0.5])
     first = analyse_image(_two_class_image(), weights, options, rng=np.random.default_rng(7))
     second = analyse_image(_two_class_image(), weights, options, rng=np.random.default_rng(7))
@@ -91,7 +87,7 @@ def test_labelled_pixels_are_neither_counted_nor_proposed() -> None:
     labelled = np.zeros((16, 16), bool)
     labelled[:, 8:] = True
     image = ScoredImage(base.labels, base.confidence, labelled=labelled)
-    analysis = analyse_image(image, np.array([0.0, 1.0]), Options(), rng=0)
+    analysis = analyse_image(image, np.array([0.0, 1.0]), small_settings(), rng=0)
     assert analysis.statistics.predicted.tolist() == [128, 0]
     assert analysis.priority == 0.0
     assert all(not (region.full_mask((16, 16)) & labelled).any() for region in analysis.regions)
