@@ -13,7 +13,9 @@ import sys
 from ml_backend import __version__
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "connect": ("ml_backend.commands.connect", "connect the backend to a Label Studio project and check it"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
