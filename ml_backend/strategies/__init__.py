@@ -9,6 +9,20 @@ from ml_backend.strategies.base import (
     smallest_label_dtype,
     summarize_probabilities,
 )
+from ml_backend.strategies.baselines import (
+    IMAGE_STRATEGIES,
+    REGION_STRATEGIES,
+    BadgeRegions,
+    EntropyCoresetRegions,
+    EntropyKMeansRegions,
+    EntropyRegions,
+    MeanEntropyPriority,
+    RandomImagePriority,
+    RandomRegions,
+    build_image_strategy,
+    build_region_strategy,
+    pixel_entropy,
+)
 from ml_backend.strategies.decomp import (
     DEFAULT_REGIONS_PER_IMAGE,
     DecompImagePriority,
@@ -19,6 +33,18 @@ from ml_backend.strategies.shapes import BoxRegions, SuperpixelRegions
 from ml_backend.strategies.stats import DEFAULT_TAU, PoolStatistics, weights_from_rates
 
 __all__ = [
+    "IMAGE_STRATEGIES",
+    "REGION_STRATEGIES",
+    "BadgeRegions",
+    "EntropyCoresetRegions",
+    "EntropyKMeansRegions",
+    "EntropyRegions",
+    "MeanEntropyPriority",
+    "RandomImagePriority",
+    "RandomRegions",
+    "build_image_strategy",
+    "build_region_strategy",
+    "pixel_entropy",
     "DEFAULT_REGIONS_PER_IMAGE",
     "DEFAULT_TAU",
     "BoxRegions",

@@ -1,0 +1,403 @@
+"""The baselines DECOMP is compared with, on the same interfaces (issue 2; decomp-method.md section 4).
+
+Region level (``RegionStrategy``): random, entropy top-K, and the three "entropy pool, then diversity"
+methods of the authors' code (k-means, core-set, BADGE), which draw a pool of the ``pool_factor * K``
+best non-overlapping entropy regions and keep K of them. Image level (``ImageStrategy``): random and
+mean entropy. Everything is N-dimensional (2-D images and 3-D volumes) and deterministic under a seed.
+
+Every region strategy returns disjoint regions that avoid labelled and ignored pixels, each carrying the
+strategy's own score in ``Region.score`` (the random key for ``RandomRegions``, the region's mean pixel
+entropy for all others), ranked by that score, highest first. For the diversity methods the ranking is
+by entropy too, not by the order the diversity step picked them: the set is what they choose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+
+from .base import ImageStrategy, Region, RegionShape, RegionStrategy, ScoredImage
+from .diversity import (
+    badge_embeddings,
+    k_center_greedy,
+    kmeans_plus_plus_seeding,
+    kmeans_representatives,
+    l2_normalise,
+    pool_under_regions,
+)
+from .shapes import BoxRegions, SuperpixelRegions
+
+DEFAULT_POOL_FACTOR = 3
+
+
+def pixel_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Per-pixel entropy H(p) = -sum_c p_c log p_c in nats (0 log 0 = 0) of a (C, *spatial) probability
+    map, as a float32 map of the spatial shape.
+
+    A loop over class planes keeps the temporaries at one plane (about twice as fast as
+    ``torch.special.entr(p).sum(0)`` at 19 x 2048 x 2048 on this machine) and reads float16 directly.
+    """
+    if probabilities.ndim < 2 or probabilities.shape[0] < 1:
+        raise ValueError(
+            f"probabilities must be (C, *spatial) with C >= 1 and a spatial axis, got {probabilities.shape}"
+        )
+    entropy = np.zeros(probabilities.shape[1:], dtype=np.float32)
+    term = np.empty_like(entropy)
+    for plane in probabilities:
+        np.maximum(plane, np.float32(np.finfo(np.float32).tiny), out=term)
+        np.log(term, out=term)
+        term *= plane
+        entropy -= term
+    if not np.isfinite(entropy).all():
+        raise ValueError("probabilities contain NaN or infinite values")
+    return entropy
+
+
+def box_means(values: np.ndarray, sides: tuple[int, ...]) -> np.ndarray:
+    """For every pixel, the mean of ``values`` over the box that ``BoxRegions`` grows from it (``sides[a]``
+    long on axis a, starting ``sides[a] // 2`` before the pixel, clipped to the array): float32.
+
+    The clipped box is a product of per-axis windows, so its mean is a product of per-axis window means:
+    one running-sum pass per axis (``scipy.ndimage.uniform_filter1d``, double accumulators), whatever the
+    box size.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    means = values.astype(np.float32)
+    for axis, side in enumerate(sides):
+        length = means.shape[axis]
+        starts = np.arange(length) - side // 2
+        covered = np.minimum(starts + side, length) - np.maximum(starts, 0)
+        means = uniform_filter1d(means, side, axis=axis, mode="constant", cval=0.0)
+        broadcast = [1] * means.ndim
+        broadcast[axis] = length
+        means *= (side / covered).astype(np.float32).reshape(broadcast)
+    return means
+
+
+def segment_means(values: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """For every pixel, the mean of ``values`` over its segment (``segments`` holds integer ids)."""
+    ids = segments.ravel()
+    totals = np.bincount(ids, weights=values.ravel())
+    sizes = np.bincount(ids)
+    return (totals / np.maximum(sizes, 1))[segments].astype(np.float32)
+
+
+def region_means(shape: RegionShape, values: np.ndarray) -> np.ndarray:
+    """For every seed, the mean of ``values`` over the region ``shape`` grows from it (shape prepared)."""
+    if isinstance(shape, BoxRegions):
+        return box_means(values, shape.sides_for(values.ndim))
+    if isinstance(shape, SuperpixelRegions):
+        return segment_means(values, shape.segments)
+    raise TypeError(
+        f"cannot score regions of shape {shape!r} for every seed at once: supported shapes are BoxRegions "
+        "and SuperpixelRegions"
+    )
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k (regions to select) must be a non-negative integer, got {k!r}")
+
+
+def _check_option(option: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{option} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def _require_probabilities(image: ScoredImage, strategy: str) -> np.ndarray:
+    if image.probabilities is None:
+        raise ValueError(
+            f"{strategy} needs the class probabilities (ScoredImage.probabilities, C x spatial); build the "
+            "ScoredImage with keep_probabilities=True"
+        )
+    return image.probabilities
+
+
+class _BestClearFirst:
+    """Candidate seeds (flat indices) served highest score first, skipping those no longer clear.
+
+    A few dozen regions rarely need more than the head of the order, so instead of sorting every pixel
+    it sorts growing chunks cut with argpartition (every seed tied with the cut goes in, so ties always
+    go to the lower flat index). The chunk still to be served is re-filtered against ``clear`` in one
+    vectorised pass per pick, because the best seeds of a smooth score map crowd around the region just
+    chosen and are blocked together.
+    """
+
+    first_chunk = 1024
+
+    def __init__(self, seeds: np.ndarray, scores: np.ndarray) -> None:
+        self._rest = seeds
+        self._scores = scores
+        self._queue = seeds[:0]
+        self._chunk = self.first_chunk
+
+    def next_clear(self, clear: np.ndarray) -> int | None:
+        while True:
+            still_clear = clear[self._queue]
+            if still_clear.any():
+                first = int(still_clear.argmax())
+                seed = int(self._queue[first])
+                self._queue = self._queue[first + 1 :]
+                return seed
+            if not self._refill(clear):
+                return None
+
+    def _refill(self, clear: np.ndarray) -> bool:
+        rest = self._rest[clear[self._rest]]
+        if rest.size == 0:
+            return False
+        scores = self._scores[rest]
+        if self._chunk < rest.size:
+            in_chunk = scores >= np.partition(scores, rest.size - self._chunk)[rest.size - self._chunk]
+        else:
+            in_chunk = np.ones(rest.size, dtype=bool)
+        head = rest[in_chunk]
+        self._queue = head[np.lexsort((head, -scores[in_chunk]))]
+        self._rest = rest[~in_chunk]
+        self._chunk *= 4
+        return True
+
+
+def greedy_regions(
+    shape: RegionShape, image: ScoredImage, seed_scores: np.ndarray, k: int
+) -> list[Region]:
+    """Up to ``k`` regions, highest seed score first (ties: lowest flat index), each disjoint from
+    labelled and ignored pixels and from the regions before it. ``shape`` must be prepared."""
+    if k == 0:
+        return []
+    # Blocking writes into ``clear``; ``clear_flat`` must be a view of it, hence contiguous.
+    clear = np.ascontiguousarray(shape.clear_seeds(~image.available()))
+    clear_flat = clear.reshape(-1)
+    scores_flat = np.ascontiguousarray(seed_scores).reshape(-1)
+    best_first = _BestClearFirst(np.flatnonzero(clear_flat), scores_flat)
+    regions: list[Region] = []
+    while len(regions) < k:
+        flat_seed = best_first.next_clear(clear_flat)
+        if flat_seed is None:
+            break
+        seed = tuple(int(i) for i in np.unravel_index(flat_seed, clear.shape))
+        bbox, mask = shape.region_at(seed)
+        shape.block(clear, bbox, mask)
+        regions.append(
+            Region(mask, bbox, seed, None, float(image.confidence[seed]), float(scores_flat[flat_seed]))
+        )
+    return regions
+
+
+class RandomRegions:
+    """K seeds drawn uniformly among the clear seeds, one after another (each draw among the seeds still
+    clear after the previous regions). ``Region.score`` is the seed's uniform random key."""
+
+    name = "random"
+
+    def __init__(self, shape: RegionShape):
+        self.shape = shape
+
+    def select(self, image: ScoredImage, k: int, rng: np.random.Generator) -> list[Region]:
+        _check_k(k)
+        self.shape.prepare(image)
+        # Taking the seeds in the order of i.i.d. uniform keys is a uniform draw among the seeds left.
+        keys = rng.random(image.spatial_shape, dtype=np.float32)
+        return greedy_regions(self.shape, image, keys, k)
+
+
+class EntropyRegions:
+    """Entropy top-K, non-overlapping: region score = mean pixel entropy inside the region; the best
+    region first, then the best one still clear of it, and so on."""
+
+    name = "entropy"
+
+    def __init__(self, shape: RegionShape):
+        self.shape = shape
+
+    def select(self, image: ScoredImage, k: int, rng: np.random.Generator) -> list[Region]:
+        _check_k(k)
+        probabilities = _require_probabilities(image, type(self).__name__)
+        self.shape.prepare(image)
+        return greedy_regions(self.shape, image, region_means(self.shape, pixel_entropy(probabilities)), k)
+
+
+class _EntropyPoolThenDiversity:
+    """Draws the ``pool_factor * k`` best non-overlapping entropy regions, then keeps ``k`` of them chosen
+    by ``_choose`` on per-region features (the model's penultimate feature map pooled under each region
+    and L2-normalised). A pool of at most ``k`` regions is taken whole."""
+
+    name: str
+
+    def __init__(self, shape: RegionShape, pool_factor: int = DEFAULT_POOL_FACTOR):
+        if not isinstance(pool_factor, (int, np.integer)) or pool_factor < 1:
+            raise ValueError(f"pool_factor must be a positive integer, got {pool_factor!r}")
+        self.shape = shape
+        self.pool_factor = int(pool_factor)
+        self._entropy = EntropyRegions(shape)
+
+    def select(self, image: ScoredImage, k: int, rng: np.random.Generator) -> list[Region]:
+        _check_k(k)
+        if image.features is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the model's penultimate feature map (ScoredImage.features, "
+                "F x spatial, possibly coarser than the image) to compare regions; this image has none"
+            )
+        pool = self._entropy.select(image, self.pool_factor * k, rng)
+        if len(pool) <= k:
+            return pool
+        features = l2_normalise(pool_under_regions(image.features, pool, image.spatial_shape))
+        chosen = self._choose(image, pool, features, k, rng)
+        # The pool is ranked by entropy, so pool order is score order.
+        return [pool[i] for i in sorted(int(i) for i in chosen)]
+
+    def _choose(
+        self,
+        image: ScoredImage,
+        pool: list[Region],
+        features: np.ndarray,
+        k: int,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _pool_entropy(pool: list[Region]) -> np.ndarray:
+    return np.array([region.score for region in pool])
+
+
+def _random_state(rng: np.random.Generator) -> int:
+    return int(rng.integers(np.iinfo(np.int32).max))
+
+
+class EntropyKMeansRegions(_EntropyPoolThenDiversity):
+    """Entropy pool, MiniBatchKMeans with k clusters on the region features, the most uncertain region of
+    each cluster (the authors' ``uncertainty_clustering``). ``init="random"`` is several times cheaper
+    than k-means++ on large pools (perf-anchors.md) and the default."""
+
+    name = "entropy-kmeans"
+
+    def __init__(
+        self,
+        shape: RegionShape,
+        pool_factor: int = DEFAULT_POOL_FACTOR,
+        init: Literal["random", "k-means++"] = "random",
+    ):
+        super().__init__(shape, pool_factor)
+        self.init = _check_option("init", init, ("random", "k-means++"))
+
+    def _choose(self, image, pool, features, k, rng):
+        return kmeans_representatives(features, k, _pool_entropy(pool), _random_state(rng), self.init)
+
+
+class EntropyCoresetRegions(_EntropyPoolThenDiversity):
+    """Entropy pool, then k-center greedy on the region features (the authors' ``uncertainty_setcover``).
+
+    ``first_center="most-uncertain"`` (default) starts from the highest-entropy region, so the best
+    region is always kept and the outcome depends on the image alone; ``"random"`` starts from a random
+    pool member, as the authors' code does.
+    """
+
+    name = "entropy-coreset"
+
+    def __init__(
+        self,
+        shape: RegionShape,
+        pool_factor: int = DEFAULT_POOL_FACTOR,
+        first_center: Literal["most-uncertain", "random"] = "most-uncertain",
+    ):
+        super().__init__(shape, pool_factor)
+        self.first_center = _check_option("first_center", first_center, ("most-uncertain", "random"))
+
+    def _choose(self, image, pool, features, k, rng):
+        first = 0 if self.first_center == "most-uncertain" else int(rng.integers(len(pool)))
+        return k_center_greedy(features, k, first)
+
+
+class BadgeRegions(_EntropyPoolThenDiversity):
+    """Entropy pool, gradient embeddings g = z ⊗ (onehot(ŷ) − p̄) per region (z the pooled normalised
+    feature, p̄ the region's mean probability, ŷ = argmax p̄), then either k-means++ seeding on g as in
+    BADGE (``selection="kmeans++"``, default) or, as the authors' code does, MiniBatchKMeans on g and the
+    most uncertain region per cluster (``selection="kmeans"``)."""
+
+    name = "badge"
+
+    def __init__(
+        self,
+        shape: RegionShape,
+        pool_factor: int = DEFAULT_POOL_FACTOR,
+        selection: Literal["kmeans++", "kmeans"] = "kmeans++",
+    ):
+        super().__init__(shape, pool_factor)
+        self.selection = _check_option("selection", selection, ("kmeans++", "kmeans"))
+
+    def _choose(self, image, pool, features, k, rng):
+        # The pool comes from EntropyRegions, which already required the probabilities.
+        mean_probabilities = pool_under_regions(image.probabilities, pool, image.spatial_shape)
+        embeddings = badge_embeddings(features, mean_probabilities)
+        if self.selection == "kmeans++":
+            return kmeans_plus_plus_seeding(embeddings, k, rng)
+        return kmeans_representatives(embeddings, k, _pool_entropy(pool), _random_state(rng), "random")
+
+
+class RandomImagePriority:
+    """A seeded uniform random priority in [0, 1) per image.
+
+    With ``image_id`` the priority is a hash of (seed, id): the same image gets the same priority in
+    every call and every process. Without it, priorities come from one generator seeded at construction,
+    so a fixed sequence of calls is reproducible.
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def priority(self, image: ScoredImage, image_id: str | int | None = None) -> float:
+        if image_id is None:
+            return float(self._rng.random())
+        digest = hashlib.blake2b(f"{self.seed}\0{image_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2.0**64
+
+
+class MeanEntropyPriority:
+    """Mean pixel entropy over the pixels still available (not labelled, not ignored); 0.0 for an image
+    with none left (the authors' ``uncertainty`` image strategy)."""
+
+    name = "mean-entropy"
+
+    def priority(self, image: ScoredImage) -> float:
+        entropy = pixel_entropy(_require_probabilities(image, type(self).__name__))
+        available = image.available()
+        if not available.any():
+            return 0.0
+        return float(entropy[available].mean(dtype=np.float64))
+
+
+REGION_STRATEGIES: dict[str, Callable[..., RegionStrategy]] = {
+    RandomRegions.name: RandomRegions,
+    EntropyRegions.name: EntropyRegions,
+    EntropyKMeansRegions.name: EntropyKMeansRegions,
+    EntropyCoresetRegions.name: EntropyCoresetRegions,
+    BadgeRegions.name: BadgeRegions,
+}
+
+IMAGE_STRATEGIES: dict[str, Callable[..., ImageStrategy]] = {
+    RandomImagePriority.name: RandomImagePriority,
+    MeanEntropyPriority.name: MeanEntropyPriority,
+}
+
+
+def build_region_strategy(name: str, shape: RegionShape, **options) -> RegionStrategy:
+    """The region strategy registered under ``name``, on ``shape``, with its keyword ``options``."""
+    if name not in REGION_STRATEGIES:
+        raise ValueError(f"unknown region strategy {name!r}; known: {', '.join(sorted(REGION_STRATEGIES))}")
+    return REGION_STRATEGIES[name](shape, **options)
+
+
+def build_image_strategy(name: str, **options) -> ImageStrategy:
+    """The image strategy registered under ``name``, with its keyword ``options``."""
+    if name not in IMAGE_STRATEGIES:
+        raise ValueError(f"unknown image strategy {name!r}; known: {', '.join(sorted(IMAGE_STRATEGIES))}")
+    return IMAGE_STRATEGIES[name](**options)
