@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from ml_backend.strategies.base import ScoredImage, summarize_probabilities
 from ml_backend.strategies.decomp import DecompImagePriority, DecompSampler, image_priority
@@ -229,16 +230,25 @@ def reference_max_confidence(image: ScoredImage, weights, side: int, k: int, rng
     return seeds
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_lazy_max_confidence_matches_brute_force(seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, (48, 40)).astype(np.uint8)
-    confidence = rng.random((48, 40))
-    labelled = rng.random((48, 40)) > 0.995
+@pytest.mark.parametrize(
+    ("spatial", "side", "smooth"),
+    [((48, 40), 6, False), ((150, 140), 9, False), ((150, 140), 9, True), ((40, 36, 20), 5, True)],
+)
+def test_lazy_max_confidence_matches_brute_force(spatial, side, smooth):
+    """Several tiles (64 px in 2-D, 16 in 3-D), ragged edges; with smooth confidence the best pixels of
+    a class sit in one blob that the first region blocks, which is the case the lazy bounds are for."""
+    rng = np.random.default_rng(len(spatial) + side)
+    labels = rng.integers(0, 3, spatial).astype(np.uint8)
+    confidence = rng.random(spatial)
+    if smooth:
+        confidence = ndimage.gaussian_filter(confidence, 4)
+    labelled = rng.random(spatial) > 0.995
     image = scored(labels, confidence, labelled=labelled)
     weights = np.array([0.2, 0.3, 0.5])
-    regions = DecompSampler(weights, shape=BoxRegions(6)).select(image, k=40, rng=np.random.default_rng(seed))
-    expected = reference_max_confidence(image, weights, 6, 40, np.random.default_rng(seed))
+    sampler = DecompSampler(weights, shape=BoxRegions(side))
+    regions = sampler.select(image, k=40, rng=np.random.default_rng(7))
+    expected = reference_max_confidence(image, weights, side, 40, np.random.default_rng(7))
+    assert all(type(i) is int for region in regions for i in region.seed)
     assert [(region.seed, region.class_index) for region in regions] == expected
 
 
@@ -315,5 +325,7 @@ def test_bad_sampler_input_is_refused():
         DecompSampler(np.array([0.5, -0.1]))
     with pytest.raises(ValueError, match="beyond the 2 classes"):
         DecompSampler(np.ones(2) / 2).select(scored(np.full((3, 3), 2)), k=1)
+    with pytest.raises(ValueError, match="statistics of 3 classes for a sampler of 2"):
+        DecompSampler(np.ones(2) / 2).select(scored(np.zeros((3, 3))), statistics=PoolStatistics.empty(3))
     with pytest.raises(ValueError, match="k \\(regions per image\\)"):
         DecompSampler(np.ones(2) / 2).select(scored(np.zeros((3, 3))), k=-1)

@@ -114,6 +114,8 @@ def test_bad_statistics_are_refused_with_a_clear_error():
         PoolStatistics.empty(2, tau=1.0)
     with pytest.raises(ValueError, match="beyond the 2 classes"):
         PoolStatistics.from_predictions(np.array([0, 2]), np.array([0.9, 0.9]), num_classes=2)
+    with pytest.raises(ValueError, match="class 128, beyond the 3 classes"):  # 2 * 128 wraps in uint8
+        PoolStatistics.from_predictions(np.array([0, 128], np.uint8), np.array([0.9, 0.9]), num_classes=3)
     with pytest.raises(ValueError, match="class indices >= 0"):
         PoolStatistics.from_predictions(np.array([0, -1]), np.array([0.9, 0.9]), num_classes=2)
 

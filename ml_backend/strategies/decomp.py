@@ -9,6 +9,7 @@ a uniformly random one. See /work/shared/notes/decomp-method.md sections 1-2.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -30,6 +31,12 @@ def _checked_weights(weights: Iterable[float] | np.ndarray) -> np.ndarray:
     return checked
 
 
+def _checked_min_pixels(min_pixels: int) -> int:
+    if min_pixels < 1:
+        raise ValueError(f"min_pixels must be at least 1, got {min_pixels}")
+    return min_pixels
+
+
 def image_priority(image_statistics: PoolStatistics, weights: np.ndarray, min_pixels: int = 1) -> float:
     """V(I): the summed weights of the classes present in the image (predicted on at least ``min_pixels``
     of its unlabelled pixels). Presence is binary, so more pixels of the same classes add nothing."""
@@ -48,9 +55,7 @@ class DecompImagePriority:
 
     def __init__(self, weights: np.ndarray, min_pixels: int = 1) -> None:
         self.weights = _checked_weights(weights)
-        if min_pixels < 1:
-            raise ValueError(f"min_pixels must be at least 1, got {min_pixels}")
-        self.min_pixels = min_pixels
+        self.min_pixels = _checked_min_pixels(min_pixels)
 
     @classmethod
     def from_statistics(
@@ -100,66 +105,97 @@ class _ClassLottery:
             self._enter_fallback()
 
 
-class _MostConfidentFirst:
-    """One class's candidate seeds (flat indices), served most confident first.
+class _MostConfidentSeeds:
+    """The most confident clear seed of a class, found through lazily updated per-tile maxima.
 
-    Only the head of the order is ever read (K is small), so rather than sorting all the class's pixels
-    it sorts growing chunks cut with argpartition, walking past seeds that stopped being clear. Ties go
-    to the lower flat index within a chunk.
+    The image is cut into tiles of about ``tile_pixels`` pixels, and each (class, tile) keeps an upper
+    bound on the confidence of the tile's best clear seed of that class: exact when computed, and
+    blocking seeds can only lower the truth. A draw recomputes the class's tile with the highest bound:
+    if the bound still holds, that tile's best seed is the best of the image; if not, the bound is
+    lowered and the next tile is tried. So all classes cost one pass over the image together, then each
+    draw costs in proportion to the tiles the chosen regions touched, even when a class's most confident
+    pixels sit in one blob that its first region blocks. Ties go to the first tile, then the first
+    pixel, in C order.
     """
 
-    first_chunk = 64
+    tile_pixels = 4096
 
-    def __init__(self, seeds: np.ndarray, confidence: np.ndarray) -> None:
-        self._rest = seeds
+    def __init__(self, labels: np.ndarray, confidence: np.ndarray, clear: np.ndarray, num_classes: int):
+        self._labels = labels
         self._confidence = confidence
-        self._queue = seeds[:0]
-        self._position = 0
-        self._chunk = self.first_chunk
+        side = max(1, round(self.tile_pixels ** (1 / labels.ndim)))
+        self._tile = (side,) * labels.ndim
+        self._grid = tuple(-(-n // side) for n in labels.shape)
+        self._bounds = self._initial_bounds(clear, num_classes)
 
-    def next_clear(self, clear: np.ndarray, rng: np.random.Generator) -> int | None:
+    def _initial_bounds(self, clear: np.ndarray, num_classes: int) -> np.ndarray:
+        """Per (class, tile): the best confidence among the tile's clear seeds of the class, -1 if none.
+
+        One scatter-max over the pixels, slab by slab along the first axis so that the keys stay small.
+        """
+        side = self._tile[0]
+        tiles = math.prod(self._grid)
+        tiles_per_slab = tiles // self._grid[0]
+        slab_shape = (side, *self._labels.shape[1:])
+        tile_in_slab = np.zeros(slab_shape, dtype=np.intp)
+        for axis in range(1, self._labels.ndim):
+            stride = math.prod(self._grid[axis + 1 :])
+            along = np.arange(slab_shape[axis]) // side * stride
+            tile_in_slab += along.reshape([-1 if a == axis else 1 for a in range(self._labels.ndim)])
+        bounds = np.full(num_classes * tiles + 1, -1.0, dtype=np.float32)
+        unclear_bin = num_classes * tiles
+        for slab, first in enumerate(range(0, self._labels.shape[0], side)):
+            rows = slice(first, first + side)
+            keys = self._labels[rows].astype(np.intp) * tiles
+            keys += tile_in_slab[: keys.shape[0]] + slab * tiles_per_slab
+            keys[~clear[rows]] = unclear_bin
+            np.maximum.at(bounds, keys.reshape(-1), self._confidence[rows].reshape(-1))
+        return bounds[:unclear_bin].reshape(num_classes, tiles)
+
+    def next_clear(
+        self, class_index: int, clear: np.ndarray, rng: np.random.Generator
+    ) -> tuple[int, ...] | None:
+        bounds = self._bounds[class_index]
         while True:
-            while self._position < self._queue.size:
-                seed = self._queue[self._position]
-                if clear[seed]:
-                    return int(seed)
-                self._position += 1
-            if not self._refill(clear):
+            tile = int(bounds.argmax())
+            bound = bounds[tile]
+            if bound < 0:
                 return None
-
-    def _refill(self, clear: np.ndarray) -> bool:
-        rest = self._rest[clear[self._rest]]
-        if rest.size == 0:
-            self._rest = rest
-            return False
-        scores = self._confidence[rest]
-        count = min(self._chunk, rest.size)
-        head = np.argpartition(scores, rest.size - count)[rest.size - count :]
-        head = head[np.lexsort((rest[head], -scores[head]))]
-        self._queue, self._position = rest[head], 0
-        keep = np.ones(rest.size, dtype=bool)
-        keep[head] = False
-        self._rest = rest[keep]
-        self._chunk *= 4
-        return True
+            corner = [int(i) * t for i, t in zip(np.unravel_index(tile, self._grid), self._tile, strict=True)]
+            box = tuple(slice(c, c + t) for c, t in zip(corner, self._tile, strict=True))
+            candidate = (self._labels[box] == class_index) & clear[box]
+            scores = np.where(candidate, self._confidence[box], -1).astype(np.float32, copy=False)
+            best = int(scores.argmax())
+            if scores.flat[best] == bound:
+                inside = np.unravel_index(best, scores.shape)
+                return tuple(c + int(i) for c, i in zip(corner, inside, strict=True))
+            bounds[tile] = scores.flat[best]
 
 
-class _UniformClear:
-    """One class's candidate seeds, served uniformly at random among those still clear.
+class _UniformSeeds:
+    """A class's clear seeds, served uniformly at random among those still clear.
 
-    Rejection sampling: a draw that lands on a blocked seed compacts the list once, after which every
-    draw lands on a clear one, so a pick costs O(1) until regions start to crowd the class.
+    Rejection sampling over a list of the class's seeds, built when the class is first drawn: a draw
+    that lands on a blocked seed compacts the list once, after which every draw lands on a clear one,
+    so a pick costs O(1) until regions start to crowd the class.
     """
 
-    def __init__(self, seeds: np.ndarray) -> None:
-        self._seeds = seeds
+    def __init__(self, labels: np.ndarray) -> None:
+        self._labels = labels
+        self._seeds: dict[int, np.ndarray] = {}
 
-    def next_clear(self, clear: np.ndarray, rng: np.random.Generator) -> int | None:
-        while self._seeds.size:
-            seed = self._seeds[rng.integers(self._seeds.size)]
-            if clear[seed]:
-                return int(seed)
-            self._seeds = self._seeds[clear[self._seeds]]
+    def next_clear(
+        self, class_index: int, clear: np.ndarray, rng: np.random.Generator
+    ) -> tuple[int, ...] | None:
+        clear_flat = clear.reshape(-1)
+        if class_index not in self._seeds:
+            self._seeds[class_index] = np.flatnonzero((self._labels.reshape(-1) == class_index) & clear_flat)
+        seeds = self._seeds[class_index]
+        while seeds.size:
+            seed = seeds[rng.integers(seeds.size)]
+            if clear_flat[seed]:
+                return tuple(int(i) for i in np.unravel_index(seed, self._labels.shape))
+            seeds = self._seeds[class_index] = seeds[clear_flat[seeds]]
         return None
 
 
@@ -189,14 +225,12 @@ class DecompSampler:
         self.weights = _checked_weights(weights)
         if center not in CENTERS:
             raise ValueError(f"center must be one of {CENTERS}, got {center!r}")
-        if min_pixels < 1:
-            raise ValueError(f"min_pixels must be at least 1, got {min_pixels}")
         self.exclude = tuple(int(c) for c in exclude)
         if any(not 0 <= c < self.weights.size for c in self.exclude):
             raise ValueError(f"excluded classes {self.exclude} must lie in 0 .. {self.weights.size - 1}")
         self.shape = shape if shape is not None else BoxRegions()
         self.center = center
-        self.min_pixels = min_pixels
+        self.min_pixels = _checked_min_pixels(min_pixels)
 
     @classmethod
     def from_statistics(
@@ -216,11 +250,23 @@ class DecompSampler:
         image: ScoredImage,
         k: int = DEFAULT_REGIONS_PER_IMAGE,
         rng: np.random.Generator | int | None = None,
+        *,
+        statistics: PoolStatistics | None = None,
     ) -> list[Region]:
+        """Up to ``k`` disjoint regions. ``statistics`` may pass the image's own
+        ``PoolStatistics.from_image`` when the caller already has it, saving a pass over the image."""
         if k < 0:
             raise ValueError(f"k (regions per image) must be >= 0, got {k}")
         rng = np.random.default_rng(rng)
-        statistics = PoolStatistics.from_image(image, self.weights.size)
+        if k == 0:
+            return []
+        if statistics is None:
+            statistics = PoolStatistics.from_image(image, self.weights.size)
+        elif statistics.num_classes != self.weights.size:
+            raise ValueError(
+                f"image statistics of {statistics.num_classes} classes for a sampler of "
+                f"{self.weights.size} class weights"
+            )
         allowed = np.ones(self.weights.size, dtype=bool)
         allowed[list(self.exclude)] = False
         lottery = _ClassLottery(
@@ -229,29 +275,22 @@ class DecompSampler:
             fallback=(statistics.predicted > 0) & allowed,
         )
         self.shape.prepare(image)
-        # Blocking writes into ``clear``; ``clear_flat`` must be a view of it, hence contiguous.
+        # Blocking writes into ``clear`` while the pickers read it through views: it must be contiguous.
         clear = np.ascontiguousarray(self.shape.clear_seeds(~image.available()))
-        clear_flat = clear.reshape(-1)
-        labels_flat = image.labels.reshape(-1)
-        confidence_flat = image.confidence.reshape(-1)
-        pickers: dict[int, _MostConfidentFirst | _UniformClear] = {}
+        seeds = (
+            _MostConfidentSeeds(image.labels, image.confidence, clear, self.weights.size)
+            if self.center == "max_confidence"
+            else _UniformSeeds(image.labels)
+        )
         regions: list[Region] = []
         while len(regions) < k:
             class_index = lottery.draw(rng)
             if class_index is None:
                 break
-            if class_index not in pickers:
-                seeds = np.flatnonzero((labels_flat == class_index) & clear_flat)
-                pickers[class_index] = (
-                    _MostConfidentFirst(seeds, confidence_flat)
-                    if self.center == "max_confidence"
-                    else _UniformClear(seeds)
-                )
-            flat_seed = pickers[class_index].next_clear(clear_flat, rng)
-            if flat_seed is None:
+            seed = seeds.next_clear(class_index, clear, rng)
+            if seed is None:
                 lottery.drop(class_index)
                 continue
-            seed = tuple(int(i) for i in np.unravel_index(flat_seed, clear.shape))
             bbox, mask = self.shape.region_at(seed)
             self.shape.block(clear, bbox, mask)
             regions.append(
@@ -260,7 +299,7 @@ class DecompSampler:
                     bbox=bbox,
                     seed=seed,
                     class_index=class_index,
-                    confidence=float(confidence_flat[flat_seed]),
+                    confidence=float(image.confidence[seed]),
                     score=float(self.weights[class_index]),
                 )
             )
