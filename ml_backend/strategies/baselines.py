@@ -60,9 +60,9 @@ def box_means(values: np.ndarray, sides: tuple[int, ...]) -> np.ndarray:
     """For every pixel, the mean of ``values`` over the box that ``BoxRegions`` grows from it (``sides[a]``
     long on axis a, starting ``sides[a] // 2`` before the pixel, clipped to the array): float32.
 
-    The clipped box is a product of per-axis windows, so its mean is a product of per-axis window means:
-    one running-sum pass per axis (``scipy.ndimage.uniform_filter1d``, double accumulators), whatever the
-    box size.
+    A clipped box is a product of per-axis windows, so its mean is the per-axis window mean applied one
+    axis after another: one running-sum pass per axis (``scipy.ndimage.uniform_filter1d``, double
+    accumulators), whatever the box size.
     """
     from scipy.ndimage import uniform_filter1d
 
