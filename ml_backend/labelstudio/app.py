@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from ml_backend.labelstudio.config import LabelConfigError
 from ml_backend.labelstudio.state import project_key
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,13 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response, int]:
         return jsonify(status=error.code, detail=error.description), error.code or 500
+
+    @app.errorhandler(LabelConfigError)
+    def unusable_label_config(error: LabelConfigError) -> tuple[Response, int]:
+        # The request is well formed but the project's labelling config cannot drive DECOMP; Label Studio
+        # shows this message when the backend is connected.
+        logger.error("%s %s: %s", request.method, request.path, error)
+        return jsonify(status=422, detail=str(error)), 422
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception) -> tuple[Response, int]:

@@ -7,13 +7,18 @@ run reads the project's labelled tasks when it starts). Projects are served firs
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ml_backend.labelstudio.config import ProjectConfig
+    from ml_backend.labelstudio.state import ProjectState
 
 logger = logging.getLogger(__name__)
 
@@ -193,3 +198,130 @@ class TrainingWorker:
                 listener(run)
             except Exception:  # a broken hook must not break training
                 logger.exception("after-training hook %r failed for project %s", listener, run.project_id)
+
+
+# -- one training run -----------------------------------------------------------------------------------
+
+# ``only_annotated=True`` does not filter in Label Studio 1.23.2; this Data Manager query does.
+LABELLED_TASKS_QUERY = {
+    "filters": {
+        "conjunction": "and",
+        "items": [
+            {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+        ],
+    }
+}
+TASK_PAGE_SIZE = 100
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or finish; the served model stays as it was."""
+
+
+@dataclass(frozen=True)
+class TrainingHyperparameters:
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    crop_size: int
+    validation_share: float
+    seed: int
+    device: str
+
+
+def fetch_labelled_tasks(client: Any, project_id: str) -> list[dict[str, Any]]:
+    """Every task of the project with at least one annotation, as plain dicts, all pages."""
+    query = json.dumps(LABELLED_TASKS_QUERY)
+    pages = client.tasks.list(project=int(project_id), fields="all", query=query, page_size=TASK_PAGE_SIZE)
+    return [task if isinstance(task, dict) else task.model_dump() for task in pages]
+
+
+def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
+    """The task's most recently updated annotation that was not cancelled (skipped), if any."""
+    kept = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    return max(kept, key=lambda a: (str(a.get("updated_at") or ""), a.get("id") or 0), default=None)
+
+
+def build_training_samples(
+    tasks: list[dict[str, Any]], config: ProjectConfig, load_image: Callable[[dict[str, Any]], Any]
+) -> tuple[list[tuple[Any, Any]], list[str]]:
+    """(image, partial target) pairs of the tasks' latest annotations, and why other tasks were skipped.
+
+    A task whose image cannot be read or whose annotation cannot be decoded is skipped with a reason, not
+    fatal: one broken task must not block learning from the rest.
+    """
+    from ml_backend.labelstudio.results import annotation_to_target
+
+    samples, skipped = [], []
+    for task in tasks:
+        annotation = latest_annotation(task)
+        if annotation is None:
+            skipped.append(f"task {task.get('id')}: every annotation was cancelled")
+            continue
+        try:
+            image = load_image(task)
+            target = annotation_to_target(annotation.get("result") or [], config, *image.shape[:2])
+        except Exception as error:  # the reason is reported; the other tasks still train
+            skipped.append(f"task {task.get('id')}: {type(error).__name__}: {error}")
+            continue
+        samples.append((image, target))
+    for reason in skipped:
+        logger.warning("training skips %s", reason)
+    return samples, skipped
+
+
+def fine_tune(model: Any, samples: list[tuple[Any, Any]], hyper: TrainingHyperparameters) -> dict[str, Any]:
+    """Train ``model`` in place on the samples; the run's numbers for /metrics and version.json."""
+    from ml_backend.model.training import train_segmentation
+
+    if not samples:
+        raise TrainingError("no labelled task could be used for training (see the skipped reasons above)")
+    started = time.perf_counter()
+    report = train_segmentation(
+        model,
+        samples,
+        epochs=hyper.epochs,
+        lr=hyper.learning_rate,
+        batch_size=hyper.batch_size,
+        crop_size=hyper.crop_size,
+        val_fraction=hyper.validation_share,
+        seed=hyper.seed,
+        device=hyper.device,
+    )
+    return {
+        "samples": len(samples),
+        "epochs": len(report.history),
+        "loss": report.losses[-1] if report.history else None,
+        "losses": report.losses,
+        "val_miou": report.best_val_miou,
+        "val_mious": report.val_mious,
+        "initial_val_miou": report.initial_val_miou,
+        "best_epoch": report.best_epoch,
+        "validation": report.validation,
+        "train_pixels": report.train_pixels,
+        "val_pixels": report.val_pixels,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def train_project(
+    state: ProjectState,
+    config: ProjectConfig,
+    client: Any,
+    load_image: Callable[[dict[str, Any]], Any],
+    model: Any,
+    hyper: TrainingHyperparameters,
+) -> TrainingOutcome:
+    """One run: pull the labelled tasks, fine-tune ``model`` (the served weights, or fresh ones), save it
+    atomically as the next version and publish that version. Any exception leaves the served version as
+    it was (the checkpoint of a half-finished run is never published)."""
+    from ml_backend.model.checkpoint import save_checkpoint
+
+    tasks = fetch_labelled_tasks(client, state.project_id)
+    samples, skipped = build_training_samples(tasks, config, load_image)
+    metrics = fine_tune(model, samples, hyper)
+    metrics.update(labelled_tasks=len(tasks), skipped=skipped)
+    version = state.next_version()
+    save_checkpoint(state.checkpoint_path(version), model, {"model_version": version, "metrics": metrics})
+    state.publish_version(version, metrics)
+    return TrainingOutcome(version, metrics)
