@@ -15,7 +15,7 @@ Geometry conventions, shared by encoding and decoding so that round trips are ex
   decoding, alpha >= 128 counts as painted, so half-transparent stroke edges go by majority.
 
 Pre-annotation polygons are simplified with ``cv2.approxPolyDP`` at a tolerance of
-``simplify * perimeter`` of each outline (default 0.001: about 28 vertices on a circle of any size,
+``simplify * perimeter`` of each outline (default 0.001: about 30 vertices on a large circle,
 area within 1% of the traced outline). Label Studio polygons cannot have holes, so each hole is
 joined to its outline by a zero-width cut (a "keyhole"), which fills the same pixels.
 """
