@@ -209,6 +209,15 @@ def test_max_confidence_takes_the_most_confident_clear_pixel_of_the_class():
     assert [region.confidence for region in regions] == pytest.approx([0.99, 0.97])
 
 
+def test_max_confidence_ties_in_float16_go_to_the_first_clear_pixel_in_c_order():
+    labels = np.ones((100, 100), np.uint8)
+    confidence = np.ones((100, 100), np.float16)  # saturated float16 predictions tie everywhere
+    image = ScoredImage(labels, confidence)
+    regions = DecompSampler(np.array([0.0, 1.0]), shape=BoxRegions(5)).select(image, k=2, rng=0)
+    assert [region.seed for region in regions] == [(0, 0), (0, 5)]
+    assert regions[0].confidence == 1.0
+
+
 def reference_max_confidence(image: ScoredImage, weights, side: int, k: int, rng) -> list:
     """Brute force: a full argmax over the clear pixels of the drawn class at every draw."""
     shape = BoxRegions(side)

@@ -210,6 +210,9 @@ class DecompSampler:
     left is dropped; when none is left, classes are drawn uniformly among those predicted anywhere on
     the available pixels and not in ``exclude``; the draw stops when no class has room. Each region
     records the class drawn, its seed, the confidence there, and the class weight as its score.
+
+    ``select`` prepares ``shape`` for the image at hand, so one sampler must not serve two threads at
+    once; build one per thread (they are cheap).
     """
 
     name = "decomp"
