@@ -167,3 +167,13 @@ def test_supervoxels_on_probabilities_of_a_volume():
 def test_superpixels_need_pixels_or_probabilities():
     with pytest.raises(ValueError, match="neither"):
         SuperpixelRegions().prepare(scored((8, 8)))
+
+
+def test_supervoxels_on_a_grayscale_volume_follow_intensity_edges():
+    volume = np.zeros((12, 24, 24), np.uint16)
+    volume[:, :, 12:] = 3000  # e.g. CT values: no channel axis
+    shape = SuperpixelRegions(size=6)
+    shape.prepare(scored((12, 24, 24), pixels=volume))
+    segments = shape.segments
+    assert segments.min() >= 1
+    assert not set(np.unique(segments[..., :12])) & set(np.unique(segments[..., 12:]))
