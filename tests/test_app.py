@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from typing import Any
 
 import pytest
 
+from ml_backend.commands import serve
 from ml_backend.labelstudio import app as app_module
 from ml_backend.labelstudio.app import create_app
 
@@ -235,3 +245,94 @@ def test_basic_auth_guards_every_route(method: str, route: str, body: dict | Non
 def test_without_basic_auth_every_route_is_open(method: str, route: str, body: dict | None) -> None:
     response = getattr(create_app(FakeBackend()).test_client(), method)(route, json=body)
     assert response.status_code in (200, 201)
+
+
+# -- label-studio-decomp serve ------------------------------------------------------------------------
+
+
+def _serve_args(**flags: str | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    argv = [item for name, value in flags.items() for item in (f"--{name.replace('_', '-')}", value)]
+    return parser.parse_args(argv)
+
+
+def test_serve_flags_beat_the_environment_which_beats_the_defaults() -> None:
+    environ = {"PORT": "9100", "LABEL_STUDIO_HOST": "http://ls:8080", "MODEL_DIR": "/env/models", "X": "y"}
+    served = serve.serve_environment(_serve_args(model_dir="/flag/models", threads="2"), environ)
+    assert served["MODEL_DIR"] == "/flag/models"
+    assert served["THREADS"] == "2"
+    assert served["PORT"] == "9100"
+    assert served["LABEL_STUDIO_URL"] == "http://ls:8080"
+    assert served["HOST"] == "0.0.0.0" and served["LOG_LEVEL"] == "INFO" and served["DEVICE"] == "auto"
+    assert served["X"] == "y"
+    assert "LABEL_STUDIO_API_KEY" not in served
+
+
+def test_serve_runs_one_gunicorn_worker_with_threads_and_no_timeout() -> None:
+    command = serve.gunicorn_command(serve.serve_environment(_serve_args(port="9200"), {}))
+    assert command[:3] == [sys.executable, "-m", "gunicorn"]
+
+    def option(name: str) -> str:
+        return command[command.index(name) + 1]
+
+    assert option("--bind") == "0.0.0.0:9200"
+    assert (option("--workers"), option("--threads"), option("--timeout")) == ("1", "4", "0")
+    assert "--no-control-socket" in command
+    assert command[-1] == "ml_backend.labelstudio.app:create_app_from_env()"
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"PORT": "http"}, "PORT='http' must be a positive whole number"),
+        ({"BASIC_AUTH_USER": "ls"}, "set both BASIC_AUTH_USER and BASIC_AUTH_PASS"),
+        ({"DECOMP_VALIDATION_SHARE": "2"}, "DECOMP_VALIDATION_SHARE='2' is not a float"),
+    ],
+)
+def test_serve_refuses_a_bad_environment_before_starting(environ, problem, capsys, monkeypatch) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert serve.run(_serve_args()) == 2
+    assert problem in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_starts_gunicorn_that_answers_and_stops_on_sigterm(tmp_path) -> None:
+    port = _free_port()
+    environment = {**os.environ, "HOME": str(tmp_path / "home"), "MODEL_DIR": str(tmp_path / "models")}
+    for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "PORT", "HOST"):
+        environment.pop(name, None)
+    (tmp_path / "home").mkdir()
+    command = [sys.executable, "-m", "ml_backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    health = json.load(response)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not answer /health in time"
+                time.sleep(0.3)
+        assert health == {"status": "UP", "model_class": "DecompBackend"}
+        setup = urllib.request.Request(
+            f"http://127.0.0.1:{port}/setup",
+            data=json.dumps({"project": "5.1700000000"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(setup, timeout=5) as response:
+            assert json.load(response) == {"model_version": "decomp-v0"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 0, output
+    assert "DECOMP backend on http://127.0.0.1" in output
+    assert list((tmp_path / "home").iterdir()) == [], "no control socket or other file under HOME"
