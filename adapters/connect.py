@@ -226,3 +226,39 @@ def _undo_connection(client: LabelStudio, project_id: int, ml_id: int, webhooks_
         logger.exception(
             "could not undo the connection to ML backend %s; remove it in the project settings", ml_id
         )
+
+
+def check_backend(
+    client: LabelStudio, settings: LabelStudioSettings, project_id: int, model_version: str
+) -> str | None:
+    """Make sure the project's backend is up and serves ``model_version`` before anything is written.
+
+    Returns a warning when no backend is connected (the queue still works, but annotations train
+    nothing); raises when the connected backend is down, or serves another version than the model this
+    process is about to score with (a different MODEL_DIR, most likely).
+    """
+    step = "checking the project's ML backends"
+    try:
+        connected = [client.ml.get(ml.id) for ml in client.ml.list(project=project_id)]
+    except (ApiError, httpx.TransportError) as error:
+        raise explain(error, action=step, label_studio_url=settings.url) from error
+    if not connected:
+        return (
+            f"no ML backend is connected to project {project_id}: the queue is written, but annotations will "
+            "not train the model (run label-studio-decomp connect)"
+        )
+    up = [ml for ml in connected if ml.state == CONNECTED]
+    if not up:
+        ml = connected[0]
+        raise AdapterError(
+            f"the backend at {ml.url} is down (Label Studio reports {ml.readable_state or ml.state}: "
+            f"{ml.error_message or 'no details'}); nothing was written",
+            BACKEND_UNREACHABLE_FIX,
+        )
+    if all(ml.model_version != model_version for ml in up):
+        served = ", ".join(f"{ml.url} serves {ml.model_version}" for ml in up)
+        raise AdapterError(
+            f"the model to score with is {model_version}, but {served}; nothing was written",
+            "point --model-dir (or MODEL_DIR) at the backend's model folder",
+        )
+    return None

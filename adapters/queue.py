@@ -26,12 +26,26 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
+import time
+import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from label_studio_sdk import LabelStudio
 from tqdm import tqdm
+
+from ml_backend.labelstudio.state import ProjectState
+from ml_backend.strategies.base import ScoredImage
+from ml_backend.strategies.stats import PoolStatistics
+
+if TYPE_CHECKING:
+    from ml_backend.labelstudio.backend import BackendRuntime
+    from ml_backend.labelstudio.config import ProjectConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +55,8 @@ REGIONS_FIELD = "decomp_regions"
 PRIORITY_DECIMALS = 6
 PAGE_SIZE = 100
 PREDICTIONS_PER_IMPORT = 50
+BATCH_SIZE = 8
+IMAGE_LOADERS = 4
 UNLABELLED_FILTER = {
     "filter": "filter:tasks:total_annotations",
     "operator": "equal",
@@ -231,7 +247,7 @@ def publish_queue(
         total=len(new_predictions) + len(replaced) + len(patches),
         desc="writing the queue",
         unit="write",
-        disable=not progress,
+        disable=not progress or not (new_predictions or replaced or patches),
     )
     with bar:
         for batch in _chunks(new_predictions, PREDICTIONS_PER_IMPORT):
@@ -286,3 +302,255 @@ def _point_project_at(
         return False
     client.projects.update(project_id, model_version=model_version)
     return True
+
+
+# -- scoring the pool -----------------------------------------------------------------------------------
+
+
+class ScoredStore:
+    """Per-task scoring outcomes (labels, confidence, and the image when superpixels need it) parked on
+    disk between the two passes, so a large pool costs disk, not memory."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def put(self, task_id: int, scored: ScoredImage) -> None:
+        arrays = {"labels": scored.labels, "confidence": scored.confidence}
+        if scored.pixels is not None:
+            arrays["pixels"] = scored.pixels
+        np.savez(self.folder / f"{task_id}.npz", **arrays)
+
+    def get(self, task_id: int) -> ScoredImage:
+        with np.load(self.folder / f"{task_id}.npz") as arrays:
+            return ScoredImage(
+                labels=arrays["labels"], confidence=arrays["confidence"], pixels=arrays.get("pixels")
+            )
+
+
+@dataclass
+class PoolScores:
+    """Pass one's outcome: per-image statistics of the tasks that scored, and why the others did not."""
+
+    statistics: dict[int, PoolStatistics] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+
+    def pool(self, num_classes: int, tau: float) -> PoolStatistics:
+        return sum(self.statistics.values(), PoolStatistics.empty(num_classes, tau))
+
+
+def _load_images(
+    runtime: BackendRuntime, project_id: str, config: ProjectConfig, tasks: Sequence[PoolTask]
+) -> dict[int, np.ndarray | str]:
+    """Each task's image, or the reason it could not be read; downloads overlap (they wait on I/O)."""
+    from ml_backend.labelstudio.images import ImageLoadError, image_url_from_task
+
+    def load(task: PoolTask) -> np.ndarray | str:
+        try:
+            url = image_url_from_task({"id": task.id, "data": task.data}, config)
+            return runtime.load_image(project_id, url, task.id)
+        except (ImageLoadError, ValueError) as error:
+            return str(error)
+
+    with ThreadPoolExecutor(max_workers=IMAGE_LOADERS) as pool:
+        return dict(zip((task.id for task in tasks), pool.map(load, tasks), strict=True))
+
+
+def _stack_key(image: np.ndarray) -> tuple[Any, ...]:
+    """Images that can share one forward batch: same shape, dtype and intensity scaling."""
+    from ml_backend.model.network import intensity_window
+
+    return image.shape, image.dtype.str, intensity_window(image)
+
+
+def score_tasks(
+    runtime: BackendRuntime,
+    state: ProjectState,
+    config: ProjectConfig,
+    served: Any,
+    tasks: Sequence[PoolTask],
+    store: ScoredStore,
+    *,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = False,
+) -> PoolScores:
+    """Pass one: one forward pass per task image, ``batch_size`` images of equal shape per network batch
+    (a stack of same-sized images is a "volume" that ``predict_probabilities`` runs slice-batched, and the
+    network is in eval mode, so each image gets exactly what a call of its own would give)."""
+    from ml_backend.model.inference import predict_probabilities
+
+    scores = PoolScores()
+    keep_pixels = config.decomp.shape == "superpixel"
+    with tqdm(total=len(tasks), desc="scoring the pool", unit="image", disable=not progress) as bar:
+        for chunk in _chunks(tasks, batch_size):
+            loaded = _load_images(runtime, state.project_id, config, chunk)
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for task_id, image in loaded.items():
+                if isinstance(image, str):
+                    scores.failures[task_id] = image
+                    logger.error("project %s task %s: not scored: %s", state.project_id, task_id, image)
+                else:
+                    groups.setdefault(_stack_key(image), []).append(task_id)
+            for (_shape, _dtype, window), task_ids in groups.items():
+                stack = np.stack([loaded[task_id] for task_id in task_ids])
+                with served.inference_lock:
+                    prediction = predict_probabilities(
+                        served.model,
+                        stack,
+                        spatial_dims=3,
+                        window=window,
+                        batch_size=batch_size,
+                        return_probabilities=False,
+                        tile_size=runtime.settings.tile_size,
+                    )
+                for index, task_id in enumerate(task_ids):
+                    scored = ScoredImage(
+                        labels=prediction.labels[index],
+                        confidence=prediction.confidence[index],
+                        pixels=loaded[task_id] if keep_pixels else None,
+                    )
+                    scores.statistics[task_id] = PoolStatistics.from_image(
+                        scored, config.num_classes, config.decomp.tau
+                    )
+                    store.put(task_id, scored)
+            bar.update(len(chunk))
+    return scores
+
+
+def queue_entry(
+    task_id: int,
+    scored: ScoredImage,
+    weights: np.ndarray,
+    config: ProjectConfig,
+    project_id: str,
+    version: str,
+) -> QueueEntry:
+    """Pass two for one task: DECOMP priority and proposals under the pool's weights, and the prediction
+    (pre-annotation + proposals). Proposals are seeded per (project, task, version) like the backend's
+    /predict, so both give the same regions for the same weights."""
+    from ml_backend.labelstudio.results import class_map_to_results, proposal_results
+    from ml_backend.pipeline import analyse_image
+
+    rng = np.random.default_rng(zlib.crc32(f"{project_id}:{task_id}:{version}".encode()))
+    analysis = analyse_image(scored, weights, config.decomp, rng)
+    height, width = scored.spatial_shape
+    result = class_map_to_results(scored.labels, scored.confidence, config)
+    result += proposal_results(analysis.regions, config, height, width)
+    return QueueEntry(task_id, analysis.priority, result, len(analysis.regions))
+
+
+def unreadable_entry(task_id: int) -> QueueEntry:
+    """A task whose image cannot be read goes last (priority 0, the backend's score 1.0) and proposes
+    nothing."""
+    return QueueEntry(task_id, 0.0, [], 0)
+
+
+# -- the whole reprioritisation -------------------------------------------------------------------------
+
+
+@dataclass
+class ReprioritizeReport:
+    """What a run did and what it cost: seconds spent scoring (image loading, forward passes, DECOMP,
+    result encoding) and waiting on Label Studio, and the number of HTTP requests sent to it."""
+
+    project_id: int
+    model_version: str
+    pool_size: int
+    scored: int
+    failures: dict[int, str]
+    publish: PublishReport
+    scoring_s: float
+    label_studio_s: float
+    api_calls: int | None = None
+
+    def summary(self) -> str:
+        per_task = f" ({self.api_calls / max(self.pool_size, 1):.2f} per task)" if self.api_calls else ""
+        lines = [
+            f"Project {self.project_id}: {self.pool_size} unlabelled tasks scored with model "
+            f"{self.model_version} ({len(self.failures)} unreadable).",
+            f"Queue tab '{QUEUE_VIEW_TITLE}' (view {self.publish.view_id}): {self.publish.data_updated} "
+            f"priorities written, {self.publish.predictions_created} predictions created, "
+            f"{self.publish.predictions_replaced} replaced"
+            + (", project model version set." if self.publish.model_version_changed else "."),
+            f"Time: scoring {self.scoring_s:.1f} s, Label Studio API {self.label_studio_s:.1f} s"
+            + (f"; {self.api_calls} API calls{per_task}." if self.api_calls is not None else "."),
+        ]
+        return "\n".join(lines)
+
+
+def stored_statistics(
+    pool: PoolStatistics, scores: PoolScores, previous: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The pool statistics payload for ProjectState: the pool's totals (what predict turns into class
+    weights) plus per-image statistics under "images", keyed by task id, so that an image's share can later
+    be added or removed without a forward pass. Images already stored and not rescored are kept."""
+    images = dict((previous or {}).get("images") or {})
+    images.update({str(task_id): stats.to_dict() for task_id, stats in scores.statistics.items()})
+    return {**pool.to_dict(), "images": images}
+
+
+def stored_pool(state: ProjectState) -> tuple[PoolStatistics | None, dict[str, Any] | None]:
+    """The pool statistics last written for the project (None before any), and the raw payload."""
+    record = state.pool_statistics()
+    if record is None:
+        return None, None
+    return PoolStatistics.from_dict(record["statistics"]), record["statistics"]
+
+
+def reprioritize(
+    client: LabelStudio,
+    runtime: BackendRuntime,
+    project_id: int,
+    *,
+    task_ids: Sequence[int] | None = None,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = False,
+) -> ReprioritizeReport:
+    """Score the unlabelled pool with the project's served model and publish the DECOMP queue.
+
+    With ``task_ids`` only those tasks are scored, against the stored pool weights (tasks added after the
+    last full run, §"TASKS_CREATED"); the pool totals stay as they are. Without, the whole pool is scored,
+    its statistics replace the stored ones, and every task's priority follows the new class weights.
+    Nothing is written to Label Studio or the state before scoring has finished.
+    """
+    from ml_backend.pipeline import pool_weights
+
+    started = time.perf_counter()
+    project = client.projects.get(project_id)
+    pool = list(iter_pool_tasks(client, project_id, task_ids=task_ids))
+    label_studio_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    state = ProjectState(runtime.settings.model_dir, project_id)
+    config = runtime.project_config(state, project.label_config)
+    served = runtime.served_model(state, config)
+    previous_pool, previous_payload = stored_pool(state)
+    with tempfile.TemporaryDirectory(prefix="decomp-scores-") as folder:
+        store = ScoredStore(Path(folder))
+        scores = score_tasks(
+            runtime, state, config, served, pool, store, batch_size=batch_size, progress=progress
+        )
+        # New tasks alone are scored against the stored pool; a full run's pool is what it just saw.
+        totals = scores.pool(config.num_classes, config.decomp.tau) if task_ids is None else previous_pool
+        weights = pool_weights(totals, config.num_classes)
+        entries = [
+            queue_entry(task_id, store.get(task_id), weights, config, state.project_id, served.version)
+            for task_id in scores.statistics
+        ]
+    entries += [unreadable_entry(task_id) for task_id in scores.failures]
+    scoring_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    if totals is not None:
+        state.write_pool_statistics(stored_statistics(totals, scores, previous_payload), served.version)
+    published = publish_queue(client, project_id, pool, entries, served.version, progress=progress)
+    label_studio_s += time.perf_counter() - started
+    return ReprioritizeReport(
+        project_id=project_id,
+        model_version=served.version,
+        pool_size=len(pool),
+        scored=len(scores.statistics),
+        failures=scores.failures,
+        publish=published,
+        scoring_s=scoring_s,
+        label_studio_s=label_studio_s,
+    )

@@ -15,6 +15,7 @@ from ml_backend import __version__
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "connect": ("ml_backend.commands.connect", "connect the backend to a Label Studio project and check it"),
+    "reprioritize": ("ml_backend.commands.reprioritize", "reorder a project's queue by DECOMP priority"),
     "serve": ("ml_backend.commands.serve", "serve the DECOMP ML backend for Label Studio (gunicorn)"),
 }
 
