@@ -94,6 +94,20 @@ def test_box_block_matches_recomputing_clear_seeds_from_scratch():
         np.testing.assert_array_equal(clear, shape.clear_seeds(forbidden))
 
 
+def test_box_block_with_a_partial_mask_blocks_only_seeds_whose_box_touches_it():
+    shape = BoxRegions(side=3)
+    shape.prepare(scored((15, 15)))
+    clear = np.ones((15, 15), bool)
+    bbox = (slice(5, 9), slice(5, 9))
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = mask[3, 3] = True  # two opposite corners of the bbox only
+    shape.block(clear, bbox, mask)
+    forbidden = np.zeros((15, 15), bool)
+    forbidden[bbox] = mask
+    np.testing.assert_array_equal(clear, shape.clear_seeds(forbidden))
+    assert clear[5, 8] and clear[8, 5] and not clear[4, 4] and not clear[9, 9]
+
+
 def test_box_rejects_bad_sides():
     with pytest.raises(ValueError, match="positive integer"):
         BoxRegions(side=0)

@@ -4,7 +4,7 @@ The image is decomposed into class components by its pseudo-labels. Classes the 
 confident about get high weights (``stats.PoolStatistics.class_weights``); an image is worth the summed
 weights of the classes it shows, and inside an image each region is drawn for a class picked i.i.d. by
 weight, placed on that class's most confident pixel whose region is still free (the authors' rule) or on
-a uniformly random one. See /work/shared/notes/decomp-method.md sections 1-2.
+a uniformly random one. Paper: arXiv:2512.07606; reference code: github.com/JingnaQiu/DECOMP.
 """
 
 from __future__ import annotations

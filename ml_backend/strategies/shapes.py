@@ -114,6 +114,9 @@ class BoxRegions:
             slice(max(0, b.start - (side - 1 - side // 2)), min(n, b.stop + side // 2))
             for b, side, n in zip(bbox, self._active_sides, shape, strict=True)
         )
+        if mask.all():  # a whole box, as region_at makes: every seed in the window now touches it
+            clear[window] = False
+            return
         local = np.zeros(tuple(w.stop - w.start for w in window), dtype=bool)
         inside = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(bbox, window, strict=True))
         local[inside] = mask
