@@ -57,8 +57,9 @@ class PoolStatistics:
         for name in ("predicted", "confident"):
             if not np.issubdtype(np.asarray(getattr(self, name)).dtype, np.integer):
                 raise ValueError(f"{name} must hold integer pixel counts, got {getattr(self, name)!r}")
-        predicted = np.asarray(self.predicted, dtype=np.int64)
-        confident = np.asarray(self.confident, dtype=np.int64)
+        # Own read-only copies: freezing the caller's arrays would surprise them.
+        predicted = np.array(self.predicted, dtype=np.int64)
+        confident = np.array(self.confident, dtype=np.int64)
         if predicted.ndim != 1 or predicted.size == 0 or predicted.shape != confident.shape:
             raise ValueError(
                 f"predicted and confident must be 1-D arrays of the same non-zero length (one count per "
