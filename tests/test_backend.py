@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ml_backend.labelstudio.app import create_app, create_app_from_env
-from ml_backend.labelstudio.backend import BackendRuntime, BackendSettings
+from ml_backend.labelstudio.backend import BackendRuntime, BackendSettings, prediction_score
 from ml_backend.labelstudio.images import ImageLoadError
 from ml_backend.labelstudio.rle import mask_to_rle
 from ml_backend.labelstudio.state import ProjectState
@@ -468,3 +468,11 @@ def test_the_app_from_env_serves_with_basic_auth(tmp_path, monkeypatch) -> None:
     auth = {"Authorization": "Basic " + base64.b64encode(b"ls:pw").decode()}
     assert http.get("/health", headers=auth).get_json() == {"status": "UP", "model_class": "DecompBackend"}
     assert http.post("/setup", json={"project": 3}, headers=auth).get_json() == {"model_version": "decomp-v0"}
+
+
+def test_prediction_score_is_one_minus_priority_within_bounds() -> None:
+    assert prediction_score(0.25) == 0.75
+    assert prediction_score(1.0000000001) == 0.0
+    assert prediction_score(-1e-12) == 1.0
+    with pytest.raises(ValueError, match="finite"):
+        prediction_score(float("nan"))

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import torch
 
     from ml_backend.labelstudio.config import ProjectConfig
+    from ml_backend.strategies.base import Region, ScoredImage
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ TRAINING_EVENTS = frozenset(
     }
 )
 UNREADABLE_SCORE = 1.0
+SCORE_DECIMALS = 6
 LATENCY_WINDOW = 1000
 PREDICT_STAGES = ("load", "forward", "decomp", "encode", "total")
 INITIAL_WEIGHTS_SEED = 0
@@ -63,6 +65,32 @@ INITIAL_WEIGHTS_SEED = 0
 def default_model_dir() -> Path:
     data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(data_home) / "label-studio-decomp" / "models"
+
+
+def prediction_score(priority: float) -> float:
+    """The prediction score under which Label Studio's "Uncertainty sampling" (ascending score) serves
+    the highest DECOMP priority first: ``1 - priority``, clipped to [0, 1] against rounding, rounded."""
+    if not np.isfinite(priority):
+        raise ValueError(f"priority must be a finite number, got {priority!r}")
+    return round(min(1.0, max(0.0, 1.0 - float(priority))), SCORE_DECIMALS)
+
+
+def proposal_rng(project_id: str, task_id: object, version: str) -> np.random.Generator:
+    """The random stream of a task's proposals: the same task under the same model version gets the same
+    regions, in /predict and in the adapter's queue alike, across restarts (a stable hash, not hash())."""
+    return np.random.default_rng(zlib.crc32(f"{project_id}:{task_id}:{version}".encode()))
+
+
+def prediction_result(
+    scored: ScoredImage, regions: list[Region], config: ProjectConfig
+) -> list[dict[str, Any]]:
+    """A prediction's ``result``: the pre-annotation in the class control (brush masks or polygons) and
+    the proposals as read-only regions of the proposals control."""
+    from ml_backend.labelstudio.results import class_map_to_results, proposal_results
+
+    height, width = scored.spatial_shape
+    result = class_map_to_results(scored.labels, scored.confidence, config)
+    return result + proposal_results(regions, config, height, width)
 
 
 def _env_number(environ: Mapping[str, str], name: str, default: float, kind: type, low: float, high: float):
@@ -426,7 +454,6 @@ class DecompBackend:
         self, task: dict[str, Any], config: ProjectConfig, served: _ServedModel, weights: np.ndarray
     ) -> dict[str, Any]:
         from ml_backend.labelstudio.images import ImageLoadError, image_url_from_task
-        from ml_backend.labelstudio.results import class_map_to_results, proposal_results
         from ml_backend.pipeline import analyse_image, score_image
 
         task_id = task.get("id")
@@ -440,8 +467,7 @@ class DecompBackend:
             clock = now
 
         try:
-            url = image_url_from_task(task, config)
-            image = self.runtime.load_image(self.state.project_id, url, task_id)
+            image = self.runtime.load_image(self.state.project_id, image_url_from_task(task, config), task_id)
             lap("load")
             with served.inference_lock:
                 scored = score_image(
@@ -451,26 +477,21 @@ class DecompBackend:
                     tile_size=self.runtime.settings.tile_size,
                 )
             lap("forward")
-            rng = np.random.default_rng(
-                zlib.crc32(f"{self.state.project_id}:{task_id}:{served.version}".encode())
-            )
+            rng = proposal_rng(self.state.project_id, task_id, served.version)
             analysis = analyse_image(scored, weights, config.decomp, rng)
             lap("decomp")
-            height, width = scored.spatial_shape
-            result = class_map_to_results(scored.labels, scored.confidence, config)
-            result += proposal_results(analysis.regions, config, height, width)
+            result = prediction_result(scored, analysis.regions, config)
             lap("encode")
-        except (ImageLoadError, ValueError) as error:
-            logger.error("project %s task %s: no prediction: %s", self.state.project_id, task_id, error)
-            self.runtime.latency.task({"total": time.perf_counter() - started}, failed=True)
-            return {"result": [], "score": UNREADABLE_SCORE, "model_version": served.version}
-        except Exception:
-            logger.exception("project %s task %s: no prediction", self.state.project_id, task_id)
+        except Exception as error:  # one task's failure must not cost the batch its predictions
+            if isinstance(error, (ImageLoadError, ValueError)):
+                logger.error("project %s task %s: no prediction: %s", self.state.project_id, task_id, error)
+            else:
+                logger.exception("project %s task %s: no prediction", self.state.project_id, task_id)
             self.runtime.latency.task({"total": time.perf_counter() - started}, failed=True)
             return {"result": [], "score": UNREADABLE_SCORE, "model_version": served.version}
         timings["total"] = time.perf_counter() - started
         self.runtime.latency.task(timings, failed=False)
-        score = 1.0 - analysis.priority
+        score = prediction_score(analysis.priority)
         if isinstance(task_id, int):
             self._record_proposals(task_id, served.version, analysis, score, config)
         return {"result": result, "score": score, "model_version": served.version}
