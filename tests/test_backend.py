@@ -476,3 +476,15 @@ def test_prediction_score_is_one_minus_priority_within_bounds() -> None:
     assert prediction_score(-1e-12) == 1.0
     with pytest.raises(ValueError, match="finite"):
         prediction_score(float("nan"))
+
+
+def test_extra_webhook_events_reach_their_registered_handler(http, runtime) -> None:
+    seen = []
+    runtime.on_event("TASKS_CREATED", lambda project, data: seen.append((project, data["tasks"])) or "queued")
+    body = {"action": "TASKS_CREATED", "tasks": [{"id": 5}], "project": {"id": 2}}
+    response = http.post("/webhook", json=body)
+    assert response.status_code == 201
+    assert response.get_json()["result"] == {"event": "TASKS_CREATED", "result": "queued"}
+    assert seen == [("2", [{"id": 5}])]
+    with pytest.raises(ValueError, match="training event"):
+        runtime.on_event("START_TRAINING", lambda project, data: None)

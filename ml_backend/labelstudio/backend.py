@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+EventHandler = Callable[[str, dict[str, Any]], Any]
 TRAINING_EVENTS = frozenset(
     {
         "ANNOTATION_CREATED",
@@ -239,6 +240,7 @@ class BackendRuntime:
         self._models_lock = threading.Lock()
         self._configs: dict[str, ProjectConfig] = {}
         self._connections: dict[str, tuple[str | None, str | None]] = {}
+        self.event_handlers: dict[str, EventHandler] = {}
 
     def backend(self, project_id: str, label_config: str | None = None) -> DecompBackend:
         """The per-request backend (the app's factory)."""
@@ -247,6 +249,13 @@ class BackendRuntime:
     def add_on_trained(self, hook: TrainedHook) -> None:
         """Call ``hook(run)`` after every successful training run (e.g. to reprioritise the queue)."""
         self.worker.add_on_trained(hook)
+
+    def on_event(self, event: str, handler: EventHandler) -> None:
+        """Answer webhook ``event`` (e.g. TASKS_CREATED) with ``handler(project_id, payload)``; the handler
+        must return within Label Studio's 1 s webhook limit, so it should only enqueue work."""
+        if event in TRAINING_EVENTS:
+            raise ValueError(f"{event} is a training event; the backend handles it itself")
+        self.event_handlers[event] = handler
 
     # -- configuration and connection ---------------------------------------------------------------
 
@@ -396,8 +405,6 @@ class DecompBackend:
     """label-studio-ml 2.x's model contract for one project: ``setup()``, ``predict(tasks, context)``,
     ``fit(event, data)``; plus ``versions()`` and ``metrics()`` for the app's /versions and /metrics."""
 
-    handled_events = TRAINING_EVENTS
-
     def __init__(self, project_id: str, label_config: str | None = None, *, runtime: BackendRuntime) -> None:
         self.runtime = runtime
         self.state = ProjectState(runtime.settings.model_dir, project_id)
@@ -406,6 +413,10 @@ class DecompBackend:
     @property
     def model_version(self) -> str:
         return self.state.current_version()
+
+    @property
+    def handled_events(self) -> frozenset[str]:
+        return TRAINING_EVENTS | frozenset(self.runtime.event_handlers)
 
     def config(self) -> ProjectConfig:
         return self.runtime.project_config(self.state, self.label_config)
@@ -519,7 +530,11 @@ class DecompBackend:
 
     def fit(self, event: str, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
         """Count the annotation event and hand training to the worker; never trains here, so the webhook
-        answers within Label Studio's 1 s. START_TRAINING asks for a run at once."""
+        answers within Label Studio's 1 s. START_TRAINING asks for a run at once. Other events go to the
+        handler registered for them with ``BackendRuntime.on_event``."""
+        handler = self.runtime.event_handlers.get(event)
+        if handler is not None:
+            return {"event": event, "result": handler(self.state.project_id, data)}
         if event not in TRAINING_EVENTS:
             return {"event": event, "handled": False}
         worker = self.runtime.worker
