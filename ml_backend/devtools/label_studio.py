@@ -10,8 +10,8 @@ Typical use::
 Authentication. The organisation is created with legacy API tokens enabled (Label Studio 1.23 disables them
 unless asked at creation time), so :attr:`LocalLabelStudio.api_key` is a fixed token that every client
 accepts, including the label-studio-sdk ``LabelStudio`` client and curl, and that survives restarts.
-:meth:`LocalLabelStudio.create_personal_access_token` makes the kind of token (a JWT refresh token) that users
-of a stock Label Studio 1.23 have, by logging in like a browser.
+:meth:`LocalLabelStudio.personal_access_token` gives the kind of token (a JWT refresh token) that users of a
+stock Label Studio 1.23 have, made by logging in like a browser.
 
 Reuse. The virtual environment is installed once per Label Studio version (a stamp file marks a complete
 install, so an interrupted one is finished on the next run). A data directory is provisioned once; its login
@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -257,11 +257,13 @@ def label_studio_env(
 
 @dataclass(frozen=True)
 class LabelStudioCredentials:
-    """The administrator's login (``username`` is an e-mail address) and legacy API token."""
+    """The administrator's login (``username`` is an e-mail address), legacy API token, and personal
+    access token once one was made (Label Studio allows one per user)."""
 
     username: str
     password: str
     api_key: str
+    personal_access_token: str | None = None
 
     def __post_init__(self) -> None:
         if "@" not in self.username:
@@ -280,7 +282,12 @@ class LabelStudioCredentials:
     def load(cls, path: Path) -> LabelStudioCredentials:
         try:
             stored = json.loads(path.read_text())
-            return cls(username=stored["username"], password=stored["password"], api_key=stored["api_key"])
+            return cls(
+                username=stored["username"],
+                password=stored["password"],
+                api_key=stored["api_key"],
+                personal_access_token=stored.get("personal_access_token"),
+            )
         except (ValueError, KeyError, TypeError) as error:
             raise ServiceError(
                 f"{path} is damaged ({error}); it should hold username, password and api_key as JSON"
@@ -427,9 +434,26 @@ class LocalLabelStudio(LocalService):
         storages.sync(id=storage.id)
         return storage.id
 
-    def create_personal_access_token(self) -> str:
-        """A new personal access token (JWT refresh token) of the administrator, made by logging in through
-        the login form the way a browser does; the label-studio-sdk client accepts it as ``api_key``."""
+    def personal_access_token(self) -> str:
+        """The administrator's personal access token (a JWT refresh token, the kind of token users of a stock
+        Label Studio 1.23 have; the label-studio-sdk client accepts it as ``api_key``). Made on first use by
+        logging in through the login form as a browser does, then kept with the credentials, because Label
+        Studio gives each user only one."""
+        known = self.credentials.personal_access_token
+        if known and self._refreshes(known):
+            return known
+        token = self._create_personal_access_token()
+        self._credentials = replace(self.credentials, personal_access_token=token)
+        stored_path = self.data_dir / CREDENTIALS_FILE
+        if stored_path.is_file():  # a data dir provisioned elsewhere keeps no file of ours
+            self._credentials.save(stored_path)
+        return token
+
+    def _refreshes(self, token: str) -> bool:
+        with local_http_client(base_url=self.url, timeout=30.0) as http:
+            return http.post("/api/token/refresh/", json={"refresh": token}).status_code == 200
+
+    def _create_personal_access_token(self) -> str:
         with local_http_client(base_url=self.url, timeout=30.0) as http:
             http.get("/user/login/").raise_for_status()
             login = http.post(
@@ -449,12 +473,17 @@ class LocalLabelStudio(LocalService):
             created = http.post(
                 "/api/token/", headers={"X-CSRFToken": http.cookies["csrftoken"], "Referer": f"{self.url}/"}
             )
-            if created.status_code != 201:
-                raise ServiceError(
-                    f"{self.url}/api/token/ did not create a personal access token "
-                    f"(HTTP {created.status_code}: {created.text[:200]})"
-                )
-            return created.json()["token"]
+        if created.status_code == 409:
+            raise ServiceError(
+                f"{self.username} already has a personal access token that label-studio-decomp does not know "
+                f"(made in the web UI?); revoke it under Account & Settings at {self.url}, or use the API key"
+            )
+        if created.status_code != 201:
+            raise ServiceError(
+                f"{self.url}/api/token/ did not create a personal access token "
+                f"(HTTP {created.status_code}: {created.text[:200]})"
+            )
+        return created.json()["token"]
 
     # -- internals ---------------------------------------------------------------------------------------
 

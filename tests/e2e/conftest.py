@@ -1,7 +1,7 @@
 """Session fixtures of the end-to-end tests: ONE real Label Studio for the whole session (fresh data
-directory, installed on first use under the user cache) and helpers that put real images under its
-local-files root. Failing to install or start Label Studio fails the tests with the reason; nothing is
-skipped."""
+directory, installed on first use under the user cache), our backend next to it, and helpers that put real
+images under Label Studio's local-files root. Failing to install or start either fails the tests with the
+reason; nothing is skipped."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from ml_backend.devtools import ServiceError, live_group_members
+from ml_backend.devtools.backend_process import BackendProcess
 from ml_backend.devtools.label_studio import LocalLabelStudio
 
 BRUSH_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "brush_project.xml"
@@ -57,7 +58,7 @@ def sample_images() -> list[np.ndarray]:
     ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def image_folder(label_studio: LocalLabelStudio) -> Callable[[list[np.ndarray]], tuple[Path, list[Path]]]:
     """Writes images as PNG files into a new folder under the local-files root; returns the folder and
     the files in order."""
@@ -87,3 +88,52 @@ def brush_label_config() -> Callable[..., str]:
         return ElementTree.tostring(view, encoding="unicode")
 
     return config
+
+
+# The backend runs like a user's, but with random initial weights (no download), on the CPU, with crops
+# that fit the small test images.
+BACKEND_TEST_SETTINGS = {
+    "DECOMP_ENCODER_WEIGHTS": "none",
+    "DEVICE": "cpu",
+    "DECOMP_CROP_SIZE": "64",
+    "DECOMP_BATCH_SIZE": "2",
+}
+
+
+@pytest.fixture(scope="session")
+def start_backend(label_studio: LocalLabelStudio) -> Iterator[Callable[..., BackendProcess]]:
+    """Starts our backend connected to the session's Label Studio with a personal access token (the kind
+    of token a stock Label Studio 1.23 hands out); fails the test with the reason when it does not start.
+    Every backend started is stopped at the end of the session, and none may leave a process behind."""
+    started: list[BackendProcess] = []
+
+    def start(model_dir: Path, **options) -> BackendProcess:
+        backend = BackendProcess(
+            model_dir,
+            label_studio_url=label_studio.url,
+            api_key=label_studio.personal_access_token(),
+            extra_env=BACKEND_TEST_SETTINGS,
+            **options,
+        )
+        started.append(backend)
+        try:
+            backend.start()
+        except ServiceError as error:
+            pytest.fail(f"could not start the DECOMP backend: {error}", pytrace=False)
+        return backend
+
+    yield start
+    for backend in started:
+        pid = backend.pid
+        backend.stop()
+        if pid is not None:
+            assert not live_group_members(pid), (
+                f"backend processes survived stop(): {live_group_members(pid)}"
+            )
+
+
+@pytest.fixture(scope="session")
+def backend(
+    start_backend: Callable[..., BackendProcess], tmp_path_factory: pytest.TempPathFactory
+) -> BackendProcess:
+    return start_backend(tmp_path_factory.mktemp("models"))

@@ -264,8 +264,12 @@ def test_backend_environment_carries_label_studio_access_and_only_the_requested_
 @pytest.mark.e2e
 def test_sdk_client_authenticates_with_the_api_key_and_a_personal_access_token(label_studio) -> None:
     assert label_studio.client().users.whoami().email == label_studio.username
-    token = label_studio.create_personal_access_token()
+    token = label_studio.personal_access_token()
     assert token.count(".") == 2  # a JWT
+    assert label_studio.personal_access_token() == token  # one per user in Label Studio: kept, not remade
+    assert (
+        LabelStudioCredentials.load(label_studio.data_dir / CREDENTIALS_FILE).personal_access_token == token
+    )
     assert LabelStudio(base_url=label_studio.url, api_key=token).users.whoami().email == label_studio.username
     with local_http_client(base_url=label_studio.url) as http:
         assert http.get("/api/projects", headers={"Authorization": "Token wrong-token"}).status_code == 401
@@ -317,6 +321,7 @@ def test_a_second_server_on_the_same_data_dir_is_refused(label_studio) -> None:
 def test_restart_reuses_the_data_dir_login_and_url_and_leaves_no_process(label_studio, ls_client) -> None:
     project = ls_client.projects.create(title="survives a restart")
     pid, url, api_key = label_studio.pid, label_studio.url, label_studio.api_key
+    token = label_studio.personal_access_token()
     label_studio.stop()
     assert not label_studio.running and not live_group_members(pid)
     assert not (label_studio.data_dir / SERVER_FILE).exists()
@@ -327,3 +332,4 @@ def test_restart_reuses_the_data_dir_login_and_url_and_leaves_no_process(label_s
     print(f"Label Studio restart on an existing data dir: {time.monotonic() - started:.1f} s")
     assert (label_studio.url, label_studio.api_key) == (url, api_key) and label_studio.pid != pid
     assert ls_client.projects.get(project.id).title == "survives a restart"
+    assert label_studio.personal_access_token() == token
