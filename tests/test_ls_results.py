@@ -22,6 +22,7 @@ from ml_backend.labelstudio.results import (
     percent_polygon_mask,
     polygon_to_percent,
     proposal_results,
+    rectangle_corners,
 )
 from ml_backend.strategies.base import Region
 
@@ -106,6 +107,48 @@ def test_fast_rle_is_byte_identical_to_the_sdk_on_edge_cases_and_random_masks():
         values = np.zeros(length + 2, np.uint8)
         values[0], values[-1] = 3, 200
         assert rle.encode_rle(values) == encode_rle(values), length
+
+
+def pack_rle(count: int, codes: list[tuple[int, int]], word_bits: int = 8, sizes=(3, 4, 8, 16)) -> list[int]:
+    """An RLE written bit by bit from (value, width) fields: a way to make inputs the SDK's encoder
+    never writes (literal blocks longer than one, other field sizes, other word sizes)."""
+    fields = [(count, 32), (word_bits - 1, 5), *((size - 1, 4) for size in sizes), *codes]
+    bits = "".join(format(value, f"0{width}b") for value, width in fields)
+    bits += "0" * (-len(bits) % 8)
+    return [int(bits[index : index + 8], 2) for index in range(0, len(bits), 8)]
+
+
+def test_fast_rle_decoding_matches_the_sdk_on_encoded_and_hand_made_rles():
+    rng = np.random.default_rng(11)
+    encoded = [mask2rle(mask) for mask in edge_case_masks(rng)[:12]]
+    for _ in range(100):
+        values = rng.integers(0, rng.choice([2, 4, 256]), int(rng.integers(1, 2000))).astype(np.uint8)
+        encoded.append(encode_rle(np.sort(values) if rng.random() < 0.3 else values))
+    literal_block = [(0, 1), (1, 2), (2, 4), *((value, 8) for value in (7, 8, 9))]   # 3 literal values
+    long_repeat = [(1, 1), (3, 2), (999, 16), (42, 8)]                             # 1000 times 42
+    hand_made = {
+        (7, 8, 9) + (42,) * 1000: pack_rle(1003, literal_block + long_repeat),
+        (1, 2, 3, 4, 15): pack_rle(5, [(0, 1), (0, 2), (4, 3), *((value, 4) for value in (1, 2, 3, 4, 15))],
+                                   word_bits=4, sizes=(3, 5, 10, 15)),
+        (200,) * 10: pack_rle(10, [(1, 1), (2, 2), (14, 8), (200, 8)]),   # a run longer than declared: cut
+    }
+    for expected, rle_bytes in hand_made.items():
+        assert rle.decode_rle(rle_bytes).tolist() == list(expected)
+    for rle_bytes in encoded + list(hand_made.values()):
+        np.testing.assert_array_equal(rle.decode_rle(rle_bytes), decode_rle(rle_bytes))
+
+
+def test_fast_rle_decoding_rejects_malformed_input():
+    with pytest.raises(ValueError, match="at least 8 byte values"):
+        rle.decode_rle([1, 2, 3])
+    with pytest.raises(ValueError, match="byte values 0..255"):
+        rle.decode_rle([0, 0, 0, 4, 300, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="ends in the middle of a run"):
+        rle.decode_rle(mask2rle(np.arange(64, dtype=np.uint8).reshape(8, 8))[:-20])
+    with pytest.raises(ValueError, match="literal block runs past the 2 values"):
+        rle.decode_rle(pack_rle(2, [(0, 1), (0, 2), (2, 3), (1, 8), (2, 8), (3, 8)]))
+    with pytest.raises(ValueError, match="16-bit values"):
+        rle.decode_rle(pack_rle(1, [(1, 1), (0, 2), (0, 3), (1, 16)], word_bits=16))
 
 
 def test_fast_rle_rejects_what_the_format_cannot_hold():
@@ -385,6 +428,19 @@ def test_rotated_rectangles_follow_label_studio_rotation_about_the_top_left_corn
     area = int((tilted == 0).sum())
     assert 80 < area < 130                 # a 10 x 10 square, tilted
     assert tilted[20, 20] == 0 and tilted[10, 30] == IGNORE_INDEX
+
+
+def test_rectangle_corners_match_the_sdk_converter():
+    from label_studio_sdk.converter.utils import convert_annotation_to_yolo_obb
+
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        value = {"x": rng.uniform(0, 80), "y": rng.uniform(0, 80), "width": rng.uniform(1, 20),
+                 "height": rng.uniform(1, 20), "rotation": rng.uniform(-360, 360)}
+        expected = convert_annotation_to_yolo_obb(
+            {**value, "original_width": 640, "original_height": 480}, normalize=False
+        )
+        np.testing.assert_allclose(rectangle_corners(value, 480, 640), expected, atol=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,10 @@ Geometry conventions, shared by encoding and decoding so that round trips are ex
   mask exactly.
 * A rectangle is decoded by pixel centres: a pixel belongs to it when its centre lies inside. The
   proposal rectangles this module writes lie on pixel edges, so they decode to exactly their box.
-* A brush region is an RLE of an RGBA image whose alpha is the mask (255 = painted, written with
-  :func:`ml_backend.labelstudio.rle.mask_to_rle`, byte-identical to the SDK's ``mask2rle``); when
-  decoding, alpha >= 128 counts as painted, so half-transparent stroke edges go by majority.
+* A brush region is an RLE of an RGBA image whose alpha is the mask (255 = painted). It is written
+  and read with :mod:`ml_backend.labelstudio.rle`, which gives the same output as the SDK's
+  ``mask2rle`` and ``decode_rle``, faster; alpha >= 128 counts as painted, so half-transparent
+  stroke edges go by majority.
 
 Pre-annotation polygons are simplified with ``cv2.approxPolyDP`` at a tolerance of
 ``simplify * perimeter`` of each outline (default 0.001: about 30 vertices on a large circle,
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.labelstudio.config import ProjectConfig
-from ml_backend.labelstudio.rle import mask_to_rle
+from ml_backend.labelstudio.rle import decode_rle, mask_to_rle
 from ml_backend.strategies.base import Region
 
 IGNORE_INDEX = 255
@@ -267,22 +268,29 @@ def proposal_results(regions: Iterable[Region], config: ProjectConfig, height: i
     return results
 
 
-def _rectangle_mask(value: dict, height: int, width: int) -> np.ndarray:
-    from label_studio_sdk.converter.utils import convert_annotation_to_yolo_obb
-
+def rectangle_corners(value: dict, height: int, width: int) -> np.ndarray:
+    """The four corners (x, y in pixels) of a Label Studio rectangle, which rotates by ``rotation``
+    degrees clockwise about its top-left corner; the same corners as the SDK's
+    ``convert_annotation_to_yolo_obb`` (tests compare them), without importing the SDK's converter
+    package and its data-frame dependencies."""
     missing = [key for key in ("x", "y", "width", "height") if key not in value]
     if missing:
         raise KeyError(missing[0])
-    rotation = float(value.get("rotation") or 0.0)
-    # the SDK's corners follow Label Studio: rotated clockwise about the top-left corner
-    corners = np.asarray(convert_annotation_to_yolo_obb(
-        {**value, "rotation": rotation, "original_width": width, "original_height": height}
-    )) * 100.0
-    if rotation % 90 != 0:
-        return percent_polygon_mask(corners, height, width)
+    x, y = value["x"] / 100.0 * width, value["y"] / 100.0 * height
+    box_width, box_height = value["width"] / 100.0 * width, value["height"] / 100.0 * height
+    angle = math.radians(float(value.get("rotation") or 0.0))
+    cos, sin = math.cos(angle), math.sin(angle)
+    offsets = np.array([[0.0, 0.0], [box_width, 0.0], [box_width, box_height], [0.0, box_height]])
+    return offsets @ np.array([[cos, sin], [-sin, cos]]) + (x, y)
+
+
+def _rectangle_mask(value: dict, height: int, width: int) -> np.ndarray:
+    corners = rectangle_corners(value, height, width)
+    if float(value.get("rotation") or 0.0) % 90 != 0:
+        return percent_polygon_mask(corners / (width, height) * 100.0, height, width)
     # an upright box: the pixels whose centre lies inside, exactly
-    left, top = corners.min(axis=0) / 100.0 * (width, height)
-    right, bottom = corners.max(axis=0) / 100.0 * (width, height)
+    left, top = corners.min(axis=0)
+    right, bottom = corners.max(axis=0)
     mask = np.zeros((height, width), bool)
     rows = slice(max(math.ceil(top - 0.5), 0), max(math.floor(bottom - 0.5) + 1, 0))
     cols = slice(max(math.ceil(left - 0.5), 0), max(math.floor(right - 0.5) + 1, 0))
@@ -291,8 +299,6 @@ def _rectangle_mask(value: dict, height: int, width: int) -> np.ndarray:
 
 
 def _brush_mask(item: dict, value: dict, height: int, width: int) -> np.ndarray:
-    from label_studio_sdk.converter.brush import decode_rle
-
     if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
         raise ValueError(
             f"expected value.format 'rle' and a list value.rle, got format {value.get('format')!r}"
