@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -27,6 +28,8 @@ from ml_backend.labelstudio.config import LabelConfigError
 from ml_backend.labelstudio.state import project_key
 
 logger = logging.getLogger(__name__)
+
+MODEL_MODULES = ("ml_backend.model.inference", "ml_backend.model.checkpoint", "segmentation_models_pytorch")
 
 
 class Backend(Protocol):
@@ -144,7 +147,23 @@ def create_app_from_env() -> Flask:
     )
     user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
     basic_auth = (user, password) if user and password else None
+    _preload_heavy_modules()
     return create_app(BackendRuntime(settings).backend, basic_auth=basic_auth)
+
+
+def _preload_heavy_modules() -> None:
+    """Import now what the first requests would otherwise import while Label Studio waits: the SDK's
+    config parser (seconds on a busy CPU, against /setup's 3 s limit) before serving, and PyTorch with the
+    model code (about 10 s) in the background, for the first /predict."""
+    import importlib
+
+    importlib.import_module("label_studio_sdk.label_interface")
+
+    def import_model_code() -> None:
+        for name in MODEL_MODULES:
+            importlib.import_module(name)
+
+    threading.Thread(target=import_model_code, name="decomp-preload", daemon=True).start()
 
 
 def _as_factory(backend: BackendFactory | Backend) -> BackendFactory:
