@@ -16,7 +16,9 @@ from ml_backend import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "connect": ("ml_backend.commands.connect", "connect the backend to a Label Studio project and check it"),
     "reprioritize": ("ml_backend.commands.reprioritize", "reorder a project's queue by DECOMP priority"),
+    "demo": ("ml_backend.commands.demo", "start Label Studio + the backend on a demo project (Ctrl-C stops)"),
     "serve": ("ml_backend.commands.serve", "serve the DECOMP ML backend for Label Studio (gunicorn)"),
+    "simulate": ("ml_backend.commands.simulate", "replay DECOMP and the baselines on a labelled dataset"),
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,14 @@ class SegmentationDataset:
         for sample in self.samples:
             counts += np.bincount(sample.mask.ravel(), minlength=256)
         return counts[: self.num_classes]
+
+    def fingerprint(self) -> str:
+        """A checksum of the stems, images and masks: tells whether two runs saw the same data."""
+        checksum = 0
+        for sample in self.samples:
+            for part in (sample.stem.encode(), sample.image.tobytes(), sample.mask.tobytes()):
+                checksum = zlib.crc32(part, checksum)
+        return f"{checksum:08x}"
 
     def split(self, test_fraction: float, seed: int = 0) -> tuple[SegmentationDataset, SegmentationDataset]:
         """(pool, test): a seeded random split by whole images, at least one image on each side."""

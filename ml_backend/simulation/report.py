@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ml_backend.labelstudio.state import write_text_atomic
+from ml_backend.simulation import FULL
 
-FULL = "full"
 TARGET_FRACTION = 0.95
 RESULTS_JSON, RESULTS_CSV, CURVE_PNG, SUMMARY_MD = "results.json", "results.csv", "curve.png", "summary.md"
 
