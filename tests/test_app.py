@@ -287,7 +287,7 @@ def test_serve_runs_one_gunicorn_worker_with_threads_and_no_timeout() -> None:
     [
         ({"PORT": "http"}, "PORT='http' must be a positive whole number"),
         ({"BASIC_AUTH_USER": "ls"}, "set both BASIC_AUTH_USER and BASIC_AUTH_PASS"),
-        ({"DECOMP_VALIDATION_SHARE": "2"}, "DECOMP_VALIDATION_SHARE='2' is not a float"),
+        ({"DECOMP_VALIDATION_SHARE": "2"}, "DECOMP_VALIDATION_SHARE='2' is not a number"),
     ],
 )
 def test_serve_refuses_a_bad_environment_before_starting(environ, problem, capsys, monkeypatch) -> None:

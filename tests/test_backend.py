@@ -449,8 +449,8 @@ def test_settings_from_env_and_their_errors(tmp_path) -> None:
     assert settings.log_level == "DEBUG"
     assert BackendSettings.from_env({}).model_dir.name == "models"
     for environ, message in [
-        ({"DECOMP_VALIDATION_SHARE": "abc"}, "DECOMP_VALIDATION_SHARE='abc' is not a float between"),
-        ({"DECOMP_BATCH_SIZE": "0"}, "DECOMP_BATCH_SIZE='0' is not a int between 1"),
+        ({"DECOMP_VALIDATION_SHARE": "abc"}, "DECOMP_VALIDATION_SHARE='abc' is not a number between 0.0"),
+        ({"DECOMP_BATCH_SIZE": "0"}, "DECOMP_BATCH_SIZE='0' is not a whole number between 1"),
         ({"DECOMP_TILE_SIZE": "100"}, "DECOMP_TILE_SIZE=100 must be a multiple of 32"),
         ({"DECOMP_TRAIN_FROM_SCRATCH": "maybe"}, "is not a yes/no value"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL='LOUD' is not one of"),

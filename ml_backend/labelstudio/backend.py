@@ -103,7 +103,8 @@ def _env_number(environ: Mapping[str, str], name: str, default: float, kind: typ
     except ValueError:
         value = None
     if value is None or not low <= value <= high:
-        raise ValueError(f"{name}={text!r} is not a {kind.__name__} between {low} and {high}")
+        expected = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name}={text!r} is not {expected} between {low} and {high}")
     return value
 
 
