@@ -466,6 +466,9 @@ def test_rectangle_corners_match_the_sdk_converter():
          r"Region 'r7'.*drawn on a 12x10 image, not this 10x10 one"),
         ({"id": "r8", "from_name": "tag", "type": "ellipselabels", "value": {}},
          r"Region 'r8'.*type 'ellipselabels' is not one of"),
+        ({"id": "r9", "from_name": "decomp_regions", "type": "rectanglelabels", "image_rotation": 90,
+          "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rectanglelabels": ["Annotate here"]}},
+         r"Region 'r9'.*image rotated by 90 degrees"),
     ],
 )
 def test_malformed_regions_raise_an_error_naming_the_region(item, message):

@@ -317,6 +317,10 @@ def _brush_mask(item: dict, value: dict, height: int, width: int) -> np.ndarray:
 def _region_mask(item: dict, height: int, width: int) -> np.ndarray:
     value = item["value"]
     kind = item["type"]
+    if item.get("image_rotation") or 0:
+        # coordinates of regions drawn on a rotated view are not those of the stored image
+        raise ValueError(f"it was drawn with the image rotated by {item['image_rotation']} degrees; "
+                         "turn off rotateControl on the <Image> and redraw it")
     if kind == "rectanglelabels":
         return _rectangle_mask(value, height, width)
     if kind == "polygonlabels":
