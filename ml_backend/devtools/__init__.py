@@ -12,18 +12,32 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 LOOPBACK = "127.0.0.1"
+
+# The children run in process groups of their own, so a signal that ends this process without unwinding it
+# (closing the terminal sends SIGHUP; kill) would leave them running. On Linux this launcher asks the kernel
+# to SIGTERM the child when its parent dies, then becomes the real command. The kernel ties that to the
+# thread that started the child: start services from a thread that outlives them, such as the main thread.
+_PARENT_DEATH_LAUNCHER = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the parent exited before the service started")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 class ServiceError(RuntimeError):
@@ -118,12 +132,14 @@ class ServiceProcess:
         and a :class:`ServiceError` carries the tail of its log."""
         if self._process is not None:
             raise ServiceError(f"{self.name} is already running (pid {self._process.pid})")
+        if shutil.which(self.argv[0], path=self.env.get("PATH")) is None:
+            raise ServiceError(f"could not run {self.name}: {self.argv[0]} is not an executable program")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self._log_start = log.tell()
             try:
                 self._process = subprocess.Popen(
-                    self.argv,
+                    _ended_with_parent(self.argv),
                     env=self.env,
                     cwd=self.cwd,
                     stdin=subprocess.DEVNULL,
@@ -187,6 +203,9 @@ class ServiceProcess:
             time.sleep(0.05)
 
 
+Started = TypeVar("Started", bound="LocalService")
+
+
 class LocalService:
     """Shared lifecycle of the local services on ``127.0.0.1:<port>``: a context manager around one
     :class:`ServiceProcess`, stopped on leaving the ``with`` block (exceptions and Ctrl-C included) and, as a
@@ -218,7 +237,7 @@ class LocalService:
     def running(self) -> bool:
         return self._service is not None and self._service.running
 
-    def start(self) -> LocalService:
+    def start(self: Started) -> Started:
         raise NotImplementedError
 
     def _claim_port(self, service_name: str) -> None:
@@ -251,7 +270,7 @@ class LocalService:
         finally:
             self._service = None
 
-    def __enter__(self) -> LocalService:
+    def __enter__(self: Started) -> Started:
         return self.start()
 
     def __exit__(
@@ -261,6 +280,12 @@ class LocalService:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _ended_with_parent(argv: list[str]) -> list[str]:
+    if sys.platform != "linux":
+        return argv
+    return [sys.executable, "-c", _PARENT_DEATH_LAUNCHER, str(os.getpid()), *argv]
 
 
 def _signal_group(group: int, signum: int) -> None:

@@ -15,12 +15,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_backend.devtools import ServiceError, live_group_members
+from ml_backend.devtools import LocalService, ServiceError, live_group_members
 from ml_backend.devtools.backend_process import BackendProcess
 from ml_backend.devtools.label_studio import LocalLabelStudio
 
 BRUSH_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "brush_project.xml"
 _folder_numbers = itertools.count()
+
+
+def _stop_leaving_nothing(service: LocalService) -> None:
+    pid = service.pid
+    service.stop()
+    if pid is not None:
+        assert not live_group_members(pid), (
+            f"processes of {service.url} survived stop(): {live_group_members(pid)}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +41,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabe
     except ServiceError as error:
         pytest.fail(f"could not start a local Label Studio for the end-to-end tests: {error}", pytrace=False)
     yield studio
-    pid = studio.pid
-    studio.stop()
-    if pid is not None:
-        assert not live_group_members(pid), (
-            f"Label Studio processes survived stop(): {live_group_members(pid)}"
-        )
+    _stop_leaving_nothing(studio)
 
 
 @pytest.fixture(scope="session")
@@ -124,12 +128,7 @@ def start_backend(label_studio: LocalLabelStudio) -> Iterator[Callable[..., Back
 
     yield start
     for backend in started:
-        pid = backend.pid
-        backend.stop()
-        if pid is not None:
-            assert not live_group_members(pid), (
-                f"backend processes survived stop(): {live_group_members(pid)}"
-            )
+        _stop_leaving_nothing(backend)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import sys
 import textwrap
 import time
@@ -33,16 +34,18 @@ from ml_backend.devtools.label_studio import (
     label_studio_env,
 )
 
-# A stand-in service: answers /health like Label Studio, writes its pid and its child's pid to a file, and
-# has a child that ignores SIGTERM (as a stuck worker would), so only SIGKILL of the group ends it.
+# A stand-in service: answers /health like Label Studio and writes its pid to a file; with --stuck-child it
+# also has a child that ignores SIGTERM (as a stuck worker would), so only SIGKILL of the group ends it.
 SERVICE = textwrap.dedent(
     """
     import http.server, json, os, subprocess, sys
     port, pid_file = int(sys.argv[1]), sys.argv[2]
-    child = subprocess.Popen([sys.executable, "-c",
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    pids = {"parent": os.getpid()}
+    if "--stuck-child" in sys.argv:
+        pids["child"] = subprocess.Popen([sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]).pid
     with open(pid_file, "w") as out:
-        json.dump({"parent": os.getpid(), "child": child.pid}, out)
+        json.dump(pids, out)
     print("stand-in service listening", flush=True)
 
     class Health(http.server.BaseHTTPRequestHandler):
@@ -56,12 +59,12 @@ SERVICE = textwrap.dedent(
 )
 
 
-def _stand_in(tmp_path: Path, source: str = SERVICE) -> tuple[ServiceProcess, Path]:
+def _stand_in(tmp_path: Path, source: str = SERVICE, *options: str) -> tuple[ServiceProcess, Path]:
     port = free_port()
     pid_file = tmp_path / "pids.json"
     service = ServiceProcess(
         "stand-in",
-        [sys.executable, "-c", source, str(port), str(pid_file)],
+        [sys.executable, "-c", source, str(port), str(pid_file), *options],
         env=dict(os.environ),
         log_path=tmp_path / "service.log",
         health_url=f"http://127.0.0.1:{port}/health",
@@ -81,7 +84,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_stop_kills_the_whole_group_including_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
-    service, pid_file = _stand_in(tmp_path)
+    service, pid_file = _stand_in(tmp_path, SERVICE, "--stuck-child")
     service.start(timeout=30)
     pids = json.loads(pid_file.read_text())
     assert service.running and service.pid == pids["parent"]
@@ -91,6 +94,43 @@ def test_stop_kills_the_whole_group_including_a_child_that_ignores_sigterm(tmp_p
     assert not live_group_members(pids["parent"])
     assert service.pid is None and not service.running
     service.stop()  # idempotent
+
+
+def test_a_service_ends_when_its_parent_dies_without_cleaning_up(tmp_path: Path) -> None:
+    """Closing the terminal or kill -9 ends the parent without unwinding; its services must not linger."""
+    parent_source = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from pathlib import Path
+        from ml_backend.devtools import ServiceProcess
+        port = {free_port()}
+        argv = [sys.executable, "-c", {SERVICE!r}, str(port), {str(tmp_path / "p")!r}]
+        service = ServiceProcess("stand-in", argv, env=dict(os.environ),
+            log_path=Path({str(tmp_path / "s.log")!r}), health_url=f"http://127.0.0.1:{{port}}/health")
+        service.start(timeout=30)
+        print(service.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_source], stdout=subprocess.PIPE, text=True)
+    try:
+        service_pid = int(parent.stdout.readline())
+        assert _alive(service_pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(service_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(service_pid)
+
+
+def test_a_missing_program_is_reported_before_anything_starts(tmp_path: Path) -> None:
+    service = ServiceProcess(
+        "ghost", ["no-such-program-here"], env={}, log_path=tmp_path / "log", health_url="http://127.0.0.1:1/"
+    )
+    with pytest.raises(ServiceError, match="could not run ghost: no-such-program-here is not an executable"):
+        service.start(timeout=5)
 
 
 def test_a_process_that_exits_early_is_reported_with_exit_code_and_log(tmp_path: Path) -> None:
