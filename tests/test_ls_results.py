@@ -216,9 +216,14 @@ def test_polygons_of_axis_aligned_rectangles_fill_back_exactly():
     class_map[30:58, 50:80] = 2
     class_map[30:40, 5:9] = 2
 
-    results = class_map_to_polygons(class_map, np.full(class_map.shape, 0.8), config)
+    confidence = np.full(class_map.shape, 0.8)
+    confidence[30:40, 5:9] = 0.4
+
+    results = class_map_to_polygons(class_map, confidence, config)
 
     assert len(results) == 3
+    # each polygon is scored with its own component's mean confidence
+    assert sorted(region["score"] for region in results) == pytest.approx([0.4, 0.8, 0.8])
     assert all(len(region["value"]["points"]) == 4 and region["value"]["closed"] for region in results)
     masks = rasterise(results, 61, 83)
     np.testing.assert_array_equal(masks["Tumor"], class_map == 1)

@@ -66,7 +66,7 @@ def _check_class_map(class_map: np.ndarray, confidence: np.ndarray, config: Proj
 
 
 def _class_statistics(class_map: np.ndarray, confidence: np.ndarray, num_classes: int):
-    """Pixel count and mean confidence of every class, in one pass each."""
+    """Pixel count and mean confidence of every class."""
     flat = class_map.ravel()
     counts = np.bincount(flat, minlength=num_classes)
     sums = np.bincount(flat, weights=np.asarray(confidence, dtype=np.float64).ravel(), minlength=num_classes)
@@ -126,23 +126,20 @@ def _keyhole(outline: np.ndarray, holes: Iterable[np.ndarray]) -> np.ndarray:
     return polygon
 
 
-def mask_to_polygons(mask: np.ndarray, *, simplify: float = 0.0, min_area: int = 1) -> list[np.ndarray]:
-    """Polygons (each (N, 2) float, x then y, in pixel-centre coordinates) covering a 2-D boolean
-    mask: one per 8-connected component of at least ``min_area`` pixels, holes keyholed in.
-    ``simplify`` is the approxPolyDP tolerance as a fraction of each outline's perimeter (0 keeps the
-    traced outline, which fills back to the mask exactly). Outlines that simplify to fewer than three
-    vertices or to zero area are dropped."""
+def _component_polygons(mask: np.ndarray, simplify: float, min_area: int):
+    """(polygon, bbox, component mask inside bbox) for every 8-connected component of ``mask``
+    with at least ``min_area`` pixels and a non-degenerate outline; see :func:`mask_to_polygons`."""
     import cv2
 
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     count, components, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    polygons = []
     for component in range(1, count):
         left, top, box_width, box_height, area = stats[component]
         if area < min_area:
             continue
-        crop = (components[top : top + box_height, left : left + box_width] == component).view(np.uint8)
-        contours, hierarchy = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        bbox = (slice(top, top + box_height), slice(left, left + box_width))
+        crop = components[bbox] == component
+        contours, hierarchy = cv2.findContours(crop.view(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
         outlines = []
         for contour in contours:
             if simplify > 0:
@@ -157,8 +154,16 @@ def mask_to_polygons(mask: np.ndarray, *, simplify: float = 0.0, min_area: int =
             hole for index, hole in enumerate(outlines)
             if index != outer and len(hole) >= 3 and cv2.contourArea(hole.astype(np.float32)) > 0
         ]
-        polygons.append((_keyhole(outline, holes) + (left, top)).astype(np.float64))
-    return polygons
+        yield (_keyhole(outline, holes) + (left, top)).astype(np.float64), bbox, crop
+
+
+def mask_to_polygons(mask: np.ndarray, *, simplify: float = 0.0, min_area: int = 1) -> list[np.ndarray]:
+    """Polygons (each (N, 2) float, x then y, in pixel-centre coordinates) covering a 2-D boolean
+    mask: one per 8-connected component of at least ``min_area`` pixels, holes keyholed in.
+    ``simplify`` is the approxPolyDP tolerance as a fraction of each outline's perimeter (0 keeps the
+    traced outline, which fills back to the mask exactly). Outlines that simplify to fewer than three
+    vertices or to zero area are dropped."""
+    return [polygon for polygon, _, _ in _component_polygons(mask, simplify, min_area)]
 
 
 def polygon_to_percent(polygon: np.ndarray, height: int, width: int) -> list[list[float]]:
@@ -188,21 +193,23 @@ def class_map_to_polygons(
 ) -> list[dict]:
     """Polygon pre-annotation: one ``polygonlabels`` region per connected component of every
     predicted non-background class (components under ``min_area`` pixels are left out), scored
-    with the class's mean confidence."""
+    with the component's mean confidence."""
     class_map = _check_class_map(class_map, confidence, config)
+    confidence = np.asarray(confidence)
     height, width = class_map.shape
-    counts, mean_confidence = _class_statistics(class_map, confidence, config.num_classes)
+    counts = np.bincount(class_map.ravel(), minlength=config.num_classes)
     results = []
     for index in np.flatnonzero(counts[1:]) + 1:
-        for polygon in mask_to_polygons(class_map == index, simplify=simplify, min_area=min_area):
+        for polygon, bbox, component in _component_polygons(class_map == index, simplify, min_area):
             value = {
                 "points": polygon_to_percent(polygon, height, width),
                 "closed": True,
                 "polygonlabels": [config.class_names[index]],
             }
+            score = float(confidence[bbox][component].mean())
             results.append(
                 _region(config.class_control, config.image_name, "polygonlabels", value, height, width,
-                        score=float(mean_confidence[index]))
+                        score=score)
             )
     return results
 
