@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
+import threading
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import numpy as np
 from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
+from ml_backend.labelstudio.backend import prediction_result, prediction_score, proposal_rng
 from ml_backend.labelstudio.state import ProjectState
 from ml_backend.strategies.base import ScoredImage
 from ml_backend.strategies.stats import PoolStatistics
@@ -46,13 +46,14 @@ from ml_backend.strategies.stats import PoolStatistics
 if TYPE_CHECKING:
     from ml_backend.labelstudio.backend import BackendRuntime
     from ml_backend.labelstudio.config import ProjectConfig
+    from ml_backend.labelstudio.worker import TrainingRun
 
 logger = logging.getLogger(__name__)
 
 QUEUE_VIEW_TITLE = "DECOMP queue"
 PRIORITY_FIELD = "decomp_priority"
 REGIONS_FIELD = "decomp_regions"
-PRIORITY_DECIMALS = 6
+PRIORITY_DECIMALS = 4
 PAGE_SIZE = 100
 PREDICTIONS_PER_IMPORT = 50
 BATCH_SIZE = 8
@@ -104,15 +105,6 @@ class PublishReport:
     def unchanged(self) -> bool:
         nothing_written = not (self.data_updated or self.predictions_created or self.predictions_replaced)
         return nothing_written and not self.model_version_changed
-
-
-def prediction_score(priority: float) -> float:
-    """The prediction score that makes "Uncertainty sampling" (ascending score) serve the highest DECOMP
-    priority first. DECOMP priorities are sums of class weights that add up to 1, so they lie in [0, 1]
-    and ``1 - priority`` does; values a hair outside (rounding) are clipped."""
-    if not math.isfinite(priority):
-        raise ValueError(f"priority must be a finite number, got {priority!r}")
-    return round(min(1.0, max(0.0, 1.0 - priority)), PRIORITY_DECIMALS)
 
 
 def pool_query() -> str:
@@ -425,17 +417,13 @@ def queue_entry(
     version: str,
 ) -> QueueEntry:
     """Pass two for one task: DECOMP priority and proposals under the pool's weights, and the prediction
-    (pre-annotation + proposals). Proposals are seeded per (project, task, version) like the backend's
-    /predict, so both give the same regions for the same weights."""
-    from ml_backend.labelstudio.results import class_map_to_results, proposal_results
+    (pre-annotation + proposals), drawn from the same random stream as the backend's /predict."""
     from ml_backend.pipeline import analyse_image
 
-    rng = np.random.default_rng(zlib.crc32(f"{project_id}:{task_id}:{version}".encode()))
-    analysis = analyse_image(scored, weights, config.decomp, rng)
-    height, width = scored.spatial_shape
-    result = class_map_to_results(scored.labels, scored.confidence, config)
-    result += proposal_results(analysis.regions, config, height, width)
-    return QueueEntry(task_id, analysis.priority, result, len(analysis.regions))
+    analysis = analyse_image(scored, weights, config.decomp, proposal_rng(project_id, task_id, version))
+    return QueueEntry(
+        task_id, analysis.priority, prediction_result(scored, analysis.regions, config), len(analysis.regions)
+    )
 
 
 def unreadable_entry(task_id: int) -> QueueEntry:
@@ -554,3 +542,84 @@ def reprioritize(
         scoring_s=scoring_s,
         label_studio_s=label_studio_s,
     )
+
+
+# -- keeping the queue current from inside the backend ---------------------------------------------------
+
+
+class QueueUpdater:
+    """Keeps each project's queue current from inside the backend process: a full reprioritisation after
+    every successful training run (the new model rescores the pool), and the new tasks alone when Label
+    Studio reports ``TASKS_CREATED`` (scored against the stored pool weights, no full rescore).
+
+    Work runs on one background thread, so neither the training worker nor the webhook waits for it.
+    Requests for a project that is already waiting merge into that request (a full run absorbs task-only
+    ones); a request that arrives while the project's run is going queues exactly one follow-up.
+    """
+
+    def __init__(self, runtime: BackendRuntime) -> None:
+        self.runtime = runtime
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decomp-queue")
+        self._pending: dict[str, frozenset[int] | None] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._running = 0
+        self.last_reports: dict[str, ReprioritizeReport] = {}
+        self.last_errors: dict[str, str] = {}
+
+    def attach(self) -> QueueUpdater:
+        """Register on the runtime's after-training hook and its TASKS_CREATED webhook event; returns self."""
+        self.runtime.add_on_trained(self.after_training)
+        self.runtime.on_event("TASKS_CREATED", self.tasks_created)
+        return self
+
+    def after_training(self, run: TrainingRun) -> None:
+        self.request(run.project_id)
+
+    def tasks_created(self, project_id: str, payload: dict[str, Any]) -> str:
+        """Answer Label Studio's ``TASKS_CREATED`` webhook (payload ``{"tasks": [{"id": ...}, ...]}``)."""
+        tasks = payload.get("tasks") if isinstance(payload, dict) else None
+        ids = frozenset(
+            task["id"] for task in tasks or () if isinstance(task, dict) and isinstance(task.get("id"), int)
+        )
+        return self.request(project_id, ids) if ids else "nothing to score"
+
+    def request(self, project_id: str, task_ids: frozenset[int] | None = None) -> str:
+        """Ask for a run (``task_ids`` None: the whole pool); "queued" or "coalesced". Never blocks."""
+        with self._lock:
+            if project_id in self._pending:
+                waiting = self._pending[project_id]
+                self._pending[project_id] = (
+                    None if waiting is None or task_ids is None else waiting | task_ids
+                )
+                return "coalesced"
+            self._pending[project_id] = task_ids
+            self._running += 1
+        self._executor.submit(self._run, project_id)
+        return "queued"
+
+    def wait_until_idle(self, timeout: float | None = None) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._running == 0, timeout)
+
+    def _run(self, project_id: str) -> None:
+        with self._lock:
+            task_ids = self._pending.pop(project_id)
+        try:
+            report = reprioritize(
+                self.runtime.client(project_id),
+                self.runtime,
+                int(project_id),
+                task_ids=None if task_ids is None else sorted(task_ids),
+            )
+        except Exception as error:  # a failed run must not stop later ones
+            self.last_errors[project_id] = f"{type(error).__name__}: {error}"
+            logger.exception("project %s: the DECOMP queue could not be updated", project_id)
+        else:
+            self.last_reports[project_id] = report
+            self.last_errors.pop(project_id, None)
+            logger.info("%s", report.summary())
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()

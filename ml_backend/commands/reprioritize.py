@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         settings = LabelStudioSettings.resolve(args.label_studio_url, args.api_key)
         client = settings.client(on_request=lambda request: calls.append(request.url.path))
         require_project(client, args.project, settings)
-        runtime = _runtime(settings, args.model_dir)
+        runtime = backend_runtime(settings, args.model_dir)
         version = ProjectState(runtime.settings.model_dir, args.project).current_version()
         warning = check_backend(client, settings, args.project, version)
         if warning:
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runtime(settings: LabelStudioSettings, model_dir: str | None) -> BackendRuntime:
+def backend_runtime(settings: LabelStudioSettings, model_dir: str | None) -> BackendRuntime:
     """The backend's runtime (models, image loading) as configured by the environment, pointed at this
     Label Studio and model folder."""
     from dataclasses import replace
