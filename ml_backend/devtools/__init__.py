@@ -4,7 +4,8 @@ Label Studio (in its own virtual environment, :mod:`ml_backend.devtools.label_st
 (:mod:`ml_backend.devtools.backend_process`) each run as a child process in a process group of their own, so
 that stopping one by its PID also stops everything it spawned and a Ctrl-C in the terminal reaches only the
 parent, which then shuts the children down in order. This module holds what both share: free ports, the
-supervised child process, and the error type.
+supervised child process (:class:`ServiceProcess`), the lifecycle of a local service (:class:`LocalService`)
+and the error type.
 """
 
 from __future__ import annotations
@@ -185,7 +186,12 @@ class ServiceProcess:
             return
         group = self._process.pid
         _signal_group(group, signal.SIGTERM)
-        if not self._wait_group_gone(group, grace):
+        try:
+            gone = self._wait_group_gone(group, grace)
+        except BaseException:  # an impatient second Ctrl-C: no more grace, but nothing left behind either
+            _signal_group(group, signal.SIGKILL)
+            raise
+        if not gone:
             _signal_group(group, signal.SIGKILL)
             if not self._wait_group_gone(group, 5.0):
                 survivors = live_group_members(group)

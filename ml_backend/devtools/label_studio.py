@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -263,7 +263,7 @@ class LabelStudioCredentials:
     username: str
     password: str
     api_key: str
-    personal_access_token: str | None = None
+    personal_access_token: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if "@" not in self.username:
@@ -376,9 +376,7 @@ class LocalLabelStudio(LocalService):
             return self
         self._refuse_second_server()
         self._claim_port("Label Studio")
-        install = ensure_label_studio(self.version, cache_dir=self.cache_dir, report=self.report)
-        self.local_files_root.mkdir(parents=True, exist_ok=True)
-        self._credentials = self._provision(install)
+        install = self.provision()
         service = ServiceProcess(
             "Label Studio",
             [
@@ -406,8 +404,10 @@ class LocalLabelStudio(LocalService):
         return self
 
     def stop(self) -> None:
+        started_here = self._service is not None  # another process's record is not ours to remove
         super().stop()
-        (self.data_dir / SERVER_FILE).unlink(missing_ok=True)
+        if started_here:
+            (self.data_dir / SERVER_FILE).unlink(missing_ok=True)
 
     # -- helpers for projects ----------------------------------------------------------------------------
 
@@ -513,6 +513,23 @@ class LocalLabelStudio(LocalService):
         record = self.data_dir / SERVER_FILE
         record.write_text(json.dumps({"pid": self.pid, "url": self.url, "started": time.time()}))
 
+    def _as_requested(self, stored: LabelStudioCredentials, path: Path) -> LabelStudioCredentials:
+        requested = self._requested_credentials
+        if requested is not None and requested != stored:
+            raise ServiceError(
+                f"data dir {self.data_dir} was provisioned with other credentials (see {path}); "
+                "leave credentials out to reuse them, or use a new data dir"
+            )
+        return stored
+
+    def provision(self) -> LabelStudioInstall:
+        """Install Label Studio if needed and provision the data directory if needed, without starting the
+        server; afterwards the credentials are known. :meth:`start` does this first."""
+        install = ensure_label_studio(self.version, cache_dir=self.cache_dir, report=self.report)
+        self.local_files_root.mkdir(parents=True, exist_ok=True)
+        self._credentials = self._provision(install)
+        return install
+
     def _provision(self, install: LabelStudioInstall) -> LabelStudioCredentials:
         """The data directory's credentials, provisioning it first if needed.
 
@@ -521,28 +538,20 @@ class LocalLabelStudio(LocalService):
         stored_path = self.data_dir / CREDENTIALS_FILE
         pending_path = self.data_dir / (CREDENTIALS_FILE + ".pending")
         database = self.data_dir / DATABASE_FILE
-        requested = self._requested_credentials
-        for path in (stored_path, pending_path):
-            if path.is_file():
-                credentials = LabelStudioCredentials.load(path)
-                if requested is not None and requested != credentials:
-                    raise ServiceError(
-                        f"data dir {self.data_dir} was provisioned with other credentials (see {path}); "
-                        "leave credentials out to reuse them, or use a new data dir"
-                    )
-                if path == stored_path:
-                    return credentials
-                break
+        if stored_path.is_file():
+            return self._as_requested(LabelStudioCredentials.load(stored_path), stored_path)
+        if pending_path.is_file():
+            credentials = self._as_requested(LabelStudioCredentials.load(pending_path), pending_path)
+        elif database.is_file():
+            if self._requested_credentials is None:
+                raise ServiceError(
+                    f"data dir {self.data_dir} holds a Label Studio database that label-studio-decomp "
+                    f"did not provision (no {CREDENTIALS_FILE}); pass the credentials of its "
+                    "administrator, or use an empty data dir"
+                )
+            return self._requested_credentials  # checked against the server in _check_api_key
         else:
-            if database.is_file():
-                if requested is None:
-                    raise ServiceError(
-                        f"data dir {self.data_dir} holds a Label Studio database that label-studio-decomp "
-                        f"did not provision (no {CREDENTIALS_FILE}); pass the credentials of its "
-                        "administrator, or use an empty data dir"
-                    )
-                return requested  # checked against the server in _check_api_key
-            credentials = requested or LabelStudioCredentials.generate()
+            credentials = self._requested_credentials or LabelStudioCredentials.generate()
             self.data_dir.mkdir(parents=True, exist_ok=True)
             credentials.save(pending_path)
         self.report(f"provisioning Label Studio data dir {self.data_dir}")

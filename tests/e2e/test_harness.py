@@ -248,11 +248,77 @@ def test_credentials_are_validated_and_saved_private(tmp_path: Path) -> None:
         LabelStudioCredentials.load(path)
 
 
-def _fake_install(cache_dir: Path) -> None:
+# A stand-in `label-studio` executable: logs each call with the account it was given, fails with exit code
+# $FAKE_INIT_EXIT when that is set.
+FAKE_LABEL_STUDIO = """#!/bin/sh
+echo "$* user=$LABEL_STUDIO_USERNAME token=$LABEL_STUDIO_USER_TOKEN" >> "$(dirname "$0")/calls"
+echo "fake label-studio $1"
+exit "${FAKE_INIT_EXIT:-0}"
+"""
+
+
+def _fake_install(cache_dir: Path) -> Path:
+    """A ready install of the stand-in, with a migrated template database; returns its call log."""
     venv = cache_dir / f"label-studio-{harness.LABEL_STUDIO_VERSION}"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "label-studio").touch()
+    executable = venv / "bin" / "label-studio"
+    executable.write_text(FAKE_LABEL_STUDIO)
+    executable.chmod(0o755)
     (venv / ".label-studio-decomp-ready").touch()
+    (cache_dir / f"label-studio-{harness.LABEL_STUDIO_VERSION}-migrated.sqlite3").write_bytes(b"migrated")
+    return venv / "bin" / "calls"
+
+
+def _init_calls(calls: Path) -> list[str]:
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_provisioning_creates_the_administrator_once_from_the_migrated_template(tmp_path: Path) -> None:
+    calls = _fake_install(tmp_path / "cache")
+    data_dir = tmp_path / "data"
+    studio = LocalLabelStudio(data_dir, cache_dir=tmp_path / "cache", report=lambda message: None)
+    studio.provision()
+    credentials = studio.credentials
+    assert _init_calls(calls) == [
+        f"init -q --enable-legacy-api-token user={credentials.username} token={credentials.api_key}"
+    ]
+    assert (data_dir / harness.DATABASE_FILE).read_bytes() == b"migrated"
+    assert LabelStudioCredentials.load(data_dir / CREDENTIALS_FILE) == credentials
+    assert (data_dir / "local-files").is_dir()
+
+    again = LocalLabelStudio(data_dir, cache_dir=tmp_path / "cache", report=lambda message: None)
+    again.provision()
+    assert again.credentials == credentials and len(_init_calls(calls)) == 1  # reused, not re-initialised
+
+
+def test_a_failed_init_leaves_nothing_half_made_and_a_killed_one_is_finished(tmp_path, monkeypatch) -> None:
+    calls = _fake_install(tmp_path / "cache")
+    data_dir = tmp_path / "data"
+    chosen = LabelStudioCredentials("curator@example.com", "pw", "abcdef123456")
+    studio = LocalLabelStudio(
+        data_dir, credentials=chosen, cache_dir=tmp_path / "cache", report=lambda m: None
+    )
+    monkeypatch.setenv("FAKE_INIT_EXIT", "4")
+    with pytest.raises(
+        ServiceError, match=r"(?s)`label-studio init` .* failed \(exit code 4\).*fake label-studio init"
+    ):
+        studio.provision()
+    assert sorted(path.name for path in data_dir.iterdir()) == ["label-studio.log", "local-files"]
+
+    # a run killed during init leaves the pending credentials and the database: the next run finishes it
+    chosen.save(data_dir / (CREDENTIALS_FILE + ".pending"))
+    (data_dir / harness.DATABASE_FILE).write_bytes(b"half initialised")
+    monkeypatch.delenv("FAKE_INIT_EXIT")
+    resumed = LocalLabelStudio(data_dir, cache_dir=tmp_path / "cache", report=lambda message: None)
+    resumed.provision()
+    assert resumed.credentials == chosen
+    assert _init_calls(calls)[-1].endswith("user=curator@example.com token=abcdef123456")
+    assert (data_dir / harness.DATABASE_FILE).read_bytes() == b"half initialised"
+    assert not (data_dir / (CREDENTIALS_FILE + ".pending")).exists()
+
+    other = LabelStudioCredentials("someone@example.com", "pw", "zzzzzz")
+    with pytest.raises(ServiceError, match="provisioned with other credentials"):
+        LocalLabelStudio(data_dir, credentials=other, cache_dir=tmp_path / "cache").provision()
 
 
 def test_a_foreign_database_is_not_taken_over_without_its_credentials(tmp_path: Path) -> None:
@@ -353,8 +419,11 @@ def test_local_storage_outside_the_root_is_refused(label_studio, tmp_path) -> No
 
 @pytest.mark.e2e
 def test_a_second_server_on_the_same_data_dir_is_refused(label_studio) -> None:
+    second = LocalLabelStudio(label_studio.data_dir)
     with pytest.raises(ServiceError, match=f"already serves data dir .* at {label_studio.url}"):
-        LocalLabelStudio(label_studio.data_dir).start()
+        second.start()
+    second.stop()
+    assert (label_studio.data_dir / SERVER_FILE).is_file()  # the running server's record stays
 
 
 @pytest.mark.e2e
