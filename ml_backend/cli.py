@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ml_backend.commands.demo", "start Label Studio + the backend on a demo project (Ctrl-C stops)"),
     "serve": ("ml_backend.commands.serve", "serve the DECOMP ML backend for Label Studio (gunicorn)"),
     "simulate": ("ml_backend.commands.simulate", "replay DECOMP and the baselines on a labelled dataset"),
+    "bench": ("ml_backend.commands.bench", "measure selection cost and the prediction path on this machine"),
 }
 
 
