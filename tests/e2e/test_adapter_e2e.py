@@ -218,9 +218,23 @@ def _paint_inside_proposals(prediction) -> list[dict]:
     return [*kept, stroke]
 
 
+def _require_queue_updater(backend) -> None:
+    """The served app must run the adapter's QueueUpdater (it answers TASKS_CREATED); say so plainly
+    instead of timing out below."""
+    with local_http_client(base_url=backend.url, timeout=10, headers=backend.auth_headers) as http:
+        answer = http.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": []})
+    if answer.json().get("status") == "Unknown event":
+        pytest.fail(
+            "the backend does not keep the queue current: create_app_from_env() must call "
+            "adapters.queue.QueueUpdater(runtime).attach()",
+            pytrace=False,
+        )
+
+
 def test_an_annotation_in_the_proposals_retrains_and_the_backend_reorders_the_queue(
     cli, ls_client, label_studio, brush_label_config, image_folder, queue_images, backend
 ) -> None:
+    _require_queue_updater(backend)
     project_id = _new_project(
         ls_client, label_studio, brush_label_config, image_folder, queue_images[:4], "loop"
     )
