@@ -6,6 +6,7 @@ reason; nothing is skipped."""
 from __future__ import annotations
 
 import itertools
+import uuid
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import imgviz
 import numpy as np
 import pytest
+from label_studio_sdk.converter.brush import mask2rle
 from PIL import Image
 
 from ml_backend.devtools import LocalService, ServiceError, live_group_members
@@ -92,6 +94,84 @@ def brush_label_config() -> Callable[..., str]:
         return ElementTree.tostring(view, encoding="unicode")
 
     return config
+
+
+@pytest.fixture(scope="session")
+def image_project(ls_client, label_studio: LocalLabelStudio, brush_label_config, image_folder):
+    """Creates a brush project over ``images`` imported as local files, with ``decomp_*`` attributes of the
+    proposals control replaced; returns the project and each task's image size, {task id: (height, width)}."""
+
+    def create(title: str, images: list[np.ndarray], **decomp_attributes: str):
+        project = ls_client.projects.create(title=title, label_config=brush_label_config(**decomp_attributes))
+        folder, paths = image_folder(images)
+        label_studio.sync_local_storage(project.id, folder)
+        sizes = {
+            f"/data/local-files/?d={folder.name}/{path.name}": image.shape[:2]
+            for path, image in zip(paths, images, strict=True)
+        }
+        tasks = list(ls_client.tasks.list(project=project.id))
+        assert sorted(task.data["image"] for task in tasks) == sorted(sizes)
+        return project, {task.id: sizes[task.data["image"]] for task in tasks}
+
+    return create
+
+
+def _proposal_box(item: dict) -> tuple[slice, slice]:
+    height, width = item["original_height"], item["original_width"]
+    value = item["value"]
+    top, left = round(value["y"] * height / 100), round(value["x"] * width / 100)
+    bottom = round((value["y"] + value["height"]) * height / 100)
+    right = round((value["x"] + value["width"]) * width / 100)
+    return slice(top, bottom), slice(left, right)
+
+
+@pytest.fixture(scope="session")
+def proposal_box() -> Callable[[dict], tuple[slice, slice]]:
+    """Pixel rows and columns of a rectangle proposal (Label Studio gives them in percent)."""
+    return _proposal_box
+
+
+@pytest.fixture(scope="session")
+def annotate_inside_proposals() -> Callable[..., list[dict]]:
+    """What an annotator submits for a prediction: its proposal regions kept as they are, and ``label``
+    painted over the left half of the first ``painted`` proposals (all when None); the rest of the proposals
+    stays unpainted, i.e. background."""
+
+    def annotate(prediction, label: str, painted: int | None = None) -> list[dict]:
+        proposals = [item for item in prediction.result if item["from_name"] == "decomp_regions"]
+        height, width = proposals[0]["original_height"], proposals[0]["original_width"]
+        mask = np.zeros((height, width), np.uint8)
+        for item in proposals[:painted]:
+            rows, cols = _proposal_box(item)
+            mask[rows, cols.start : (cols.start + cols.stop) // 2] = 255
+        kept = [
+            {
+                key: item[key]
+                for key in (
+                    "id",
+                    "from_name",
+                    "to_name",
+                    "type",
+                    "original_width",
+                    "original_height",
+                    "value",
+                )
+            }
+            for item in proposals
+        ]
+        stroke = {
+            "id": uuid.uuid4().hex[:10],
+            "from_name": "tag",
+            "to_name": "image",
+            "type": "brushlabels",
+            "original_width": width,
+            "original_height": height,
+            "image_rotation": 0,
+            "value": {"format": "rle", "rle": mask2rle(mask), "brushlabels": [label]},
+        }
+        return [*kept, stroke]
+
+    return annotate
 
 
 # The backend runs like a user's, but with random initial weights (no download), on the CPU, with crops

@@ -7,7 +7,6 @@ background, and the new model version reported by Label Studio."""
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -32,25 +31,10 @@ DECOMP_SETTINGS = {
 TRAINING_TIMEOUT_S = 300
 
 
-def _project_with_images(ls_client, label_studio, brush_label_config, image_folder, images, title):
-    project = ls_client.projects.create(title=title, label_config=brush_label_config(**DECOMP_SETTINGS))
-    folder, paths = image_folder(images)
-    label_studio.sync_local_storage(project.id, folder)
-    shapes = {
-        f"/data/local-files/?d={folder.name}/{path.name}": image.shape[:2]
-        for path, image in zip(paths, images, strict=True)
-    }
-    tasks = sorted(ls_client.tasks.list(project=project.id), key=lambda task: task.id)
-    assert sorted(task.data["image"] for task in tasks) == sorted(shapes)
-    return project, {task.id: shapes[task.data["image"]] for task in tasks}
-
-
 @pytest.fixture(scope="module")
-def project(ls_client, label_studio, brush_label_config, image_folder, sample_images):
+def project(image_project, sample_images):
     """A brush project with K proposals per image and its tasks' image sizes, {task id: (height, width)}."""
-    return _project_with_images(
-        ls_client, label_studio, brush_label_config, image_folder, sample_images, "DECOMP e2e"
-    )
+    return image_project("DECOMP e2e", sample_images, **DECOMP_SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -79,44 +63,6 @@ def _backend_metrics(backend, project_id: int) -> dict[str, Any]:
     return answer.json()
 
 
-def _box(item: dict) -> tuple[slice, slice]:
-    """Pixel rows and columns of a rectangle region given in percent."""
-    height, width = item["original_height"], item["original_width"]
-    value = item["value"]
-    top, left = round(value["y"] * height / 100), round(value["x"] * width / 100)
-    bottom = round((value["y"] + value["height"]) * height / 100)
-    right = round((value["x"] + value["width"]) * width / 100)
-    return slice(top, bottom), slice(left, right)
-
-
-def _annotation_inside_proposals(prediction, label: str) -> list[dict]:
-    """What an annotator submits: the proposal regions kept as they are, and ``label`` painted over the top
-    half of the first proposal (the rest of the proposals stays unpainted, i.e. background)."""
-    proposals = [item for item in prediction.result if item["from_name"] == "decomp_regions"]
-    height, width = proposals[0]["original_height"], proposals[0]["original_width"]
-    rows, cols = _box(proposals[0])
-    painted = np.zeros((height, width), np.uint8)
-    painted[rows.start : (rows.start + rows.stop) // 2, cols] = 255
-    kept = [
-        {
-            key: item[key]
-            for key in ("id", "from_name", "to_name", "type", "original_width", "original_height", "value")
-        }
-        for item in proposals
-    ]
-    stroke = {
-        "id": uuid.uuid4().hex[:10],
-        "from_name": "tag",
-        "to_name": "image",
-        "type": "brushlabels",
-        "original_width": width,
-        "original_height": height,
-        "image_rotation": 0,
-        "value": {"format": "rle", "rle": mask2rle(painted), "brushlabels": [label]},
-    }
-    return [*kept, stroke]
-
-
 def test_connected_backend_is_ready_and_gets_the_webhook(ls_client, project, connected, backend) -> None:
     assert connected.state == "CO"
     assert connected.model_version  # reported by /setup
@@ -125,7 +71,7 @@ def test_connected_backend_is_ready_and_gets_the_webhook(ls_client, project, con
 
 
 def test_stored_predictions_decode_to_class_masks_and_carry_k_proposals(
-    ls_client, project, connected, predictions
+    ls_client, project, connected, predictions, proposal_box
 ) -> None:
     _, sizes = project
     assert set(predictions) == set(sizes)
@@ -154,19 +100,21 @@ def test_stored_predictions_decode_to_class_masks_and_carry_k_proposals(
             assert item["type"] == "rectanglelabels" and item["readonly"] is True
             assert (item["original_height"], item["original_width"]) == (height, width)
             assert set(item["value"]["rectanglelabels"]) <= PROPOSAL_LABELS
-            rows, cols = _box(item)
+            rows, cols = proposal_box(item)
             assert 0 <= rows.start < rows.stop <= height and 0 <= cols.start < cols.stop <= width
             assert rows.stop - rows.start <= REGION_SIZE and cols.stop - cols.start <= REGION_SIZE
 
 
 def test_annotations_train_a_new_model_in_the_background(
-    ls_client, project, connected, predictions, backend
+    ls_client, project, connected, predictions, backend, annotate_inside_proposals
 ) -> None:
     project_id = project[0].id
     before = ls_client.ml.get(connected.id).model_version
     first, second = sorted(predictions)[:2]
 
-    ls_client.annotations.create(id=first, result=_annotation_inside_proposals(predictions[first], "Tumor"))
+    ls_client.annotations.create(
+        id=first, result=annotate_inside_proposals(predictions[first], "Tumor", painted=1)
+    )
     waiting = _backend_metrics(backend, project_id)["training"]
     assert waiting["annotations_since_last_run"] == 1 and waiting["runs"] == []  # train_every is 2
 
@@ -175,7 +123,7 @@ def test_annotations_train_a_new_model_in_the_background(
 
     started = time.monotonic()
     ls_client.annotations.create(
-        id=second, result=_annotation_inside_proposals(predictions[second], "Stroma")
+        id=second, result=annotate_inside_proposals(predictions[second], "Stroma", painted=1)
     )
     while True:
         runs = _backend_metrics(backend, project_id)["training"]["runs"]
@@ -194,16 +142,14 @@ def test_annotations_train_a_new_model_in_the_background(
 
 
 def test_basic_auth_backend_connects_and_receives_annotation_events(
-    ls_client, label_studio, brush_label_config, image_folder, sample_images, start_backend, tmp_path_factory
+    ls_client, image_project, sample_images, start_backend, tmp_path_factory
 ) -> None:
     credentials = ("annotator", "s3cret-pass")
     guarded = start_backend(tmp_path_factory.mktemp("guarded-models"), basic_auth=credentials)
     try:
         with local_http_client(base_url=guarded.url, timeout=10) as http:
             assert http.get("/health").status_code == 401
-        project, sizes = _project_with_images(
-            ls_client, label_studio, brush_label_config, image_folder, sample_images[:1], "DECOMP basic auth"
-        )
+        project, sizes = image_project("DECOMP basic auth", sample_images[:1], **DECOMP_SETTINGS)
         created = ls_client.ml.create(
             project=project.id,
             url=guarded.url,
