@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ml_backend.model.inference import predict_probabilities
+from ml_backend.model.inference import as_planes, predict_probabilities
 from ml_backend.model.network import ModelSpec, build_segmentation_model, prepare_image
 
 
@@ -92,6 +92,13 @@ def test_spatial_dims_settles_what_a_3d_array_is(model) -> None:
     assert predict_probabilities(model, cube, spatial_dims=3).probabilities.shape == (3, 4, 32, 3)
     with pytest.raises(ValueError, match="as a 3-D image"):
         predict_probabilities(model, cube[0], spatial_dims=3)
+
+
+def test_a_last_axis_of_the_networks_channel_count_reads_as_channels() -> None:
+    multispectral = np.zeros((10, 12, 8), dtype=np.uint16)
+    assert as_planes(multispectral, None, in_channels=8)[0].shape == (1, 10, 12, 8)
+    planes, is_volume = as_planes(multispectral, None, in_channels=3)
+    assert is_volume and planes.shape == (10, 12, 8)
 
 
 def test_features_are_the_segmentation_head_input(model, photo) -> None:

@@ -209,6 +209,8 @@ def test_a_model_without_spec_is_named_in_the_error() -> None:
 def test_spec_from_a_foreign_dict_is_refused() -> None:
     with pytest.raises(ValueError, match="not a model description"):
         ModelSpec.from_dict({"num_classes": 3, "layers": 7})
+    with pytest.raises(ValueError, match="one value per input channel"):
+        ModelSpec(3, "Unet", "resnet18", 1, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 # -- hub probe and devices ----------------------------------------------------------------------------

@@ -67,14 +67,14 @@ def predict_probabilities(
     """Predict one 2-D image ((H, W) or (H, W, C)) or volume ((D, H, W) or (D, H, W, C)), native dtype.
 
     ``spatial_dims`` (2 or 3) settles what a 3-D array is; by default a 3-D array whose last axis has at
-    most 4 entries is one 2-D image with channels, otherwise a volume. ``device`` None keeps the model where
-    it is; a device moves the model there. ``window`` overrides the intensity scaling (see network.py).
-    ``tile_size`` (a multiple of 32) turns on tiled prediction with ``tile_overlap`` pixels of overlap
-    (default a quarter tile, rounded to the multiple of 32). The model is put in eval mode for the call and
-    left in the mode it was in.
+    most 4 entries (or the network's input channels) is one 2-D image with channels, otherwise a volume.
+    ``device`` None keeps the model where it is; a device moves the model there. ``window`` overrides the
+    intensity scaling (see network.py). ``tile_size`` (a multiple of 32) turns on tiled prediction with
+    ``tile_overlap`` pixels of overlap (default a quarter tile, rounded to the multiple of 32). The model is
+    put in eval mode for the call and left in the mode it was in.
     """
     spec = model_spec(model)
-    planes, is_volume = as_planes(image, spatial_dims)
+    planes, is_volume = as_planes(image, spatial_dims, spec.in_channels)
     multiple = _input_multiple(model)
     check_positive_int("batch_size", batch_size)
     if multiple % check_positive_int("feature_stride", feature_stride):
@@ -133,12 +133,14 @@ def predict_probabilities(
     )
 
 
-def as_planes(image: np.ndarray, spatial_dims: int | None) -> tuple[np.ndarray, bool]:
-    """(planes (N, H, W[, C]), whether the input is a volume)."""
+def as_planes(image: np.ndarray, spatial_dims: int | None, in_channels: int = 3) -> tuple[np.ndarray, bool]:
+    """(planes (N, H, W[, C]), whether the input is a volume). Without ``spatial_dims`` a 3-D array is a
+    2-D image when its last axis could be channels (at most 4, or the network's ``in_channels``)."""
     if not isinstance(image, np.ndarray) or image.size == 0:
         raise ValueError(f"image must be a non-empty numpy array, got {type(image).__name__}")
     if spatial_dims is None:
-        spatial_dims = 3 if image.ndim == 4 or (image.ndim == 3 and image.shape[-1] > 4) else 2
+        channels_like = image.ndim == 3 and (image.shape[-1] <= 4 or image.shape[-1] == in_channels)
+        spatial_dims = 2 if image.ndim == 2 or channels_like else 3
     if spatial_dims == 2 and image.ndim in (2, 3):
         return image[np.newaxis], False
     if spatial_dims == 3 and image.ndim in (3, 4):

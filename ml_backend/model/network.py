@@ -51,6 +51,13 @@ class ModelSpec:
     class_names: tuple[str, ...] | None = None
     pretrained: str | None = None
 
+    def __post_init__(self) -> None:
+        if not len(self.mean) == len(self.std) == self.in_channels:
+            raise ValueError(
+                f"mean {self.mean} and std {self.std} must hold one value per input channel "
+                f"({self.in_channels})"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for key in ("mean", "std", "class_names"):
@@ -339,9 +346,8 @@ def intensity_window(image: np.ndarray) -> tuple[float, float]:
     _check_dtype(image)
     if image.dtype == np.uint8:
         return 0.0, 255.0
-    sample = image.reshape(-1)
-    if sample.size > PERCENTILE_SAMPLE:
-        sample = sample[:: sample.size // PERCENTILE_SAMPLE]
+    # .flat gathers only the sampled values, where reshape would copy a whole non-contiguous view
+    sample = image.flat[:: max(1, image.size // PERCENTILE_SAMPLE)]
     if np.issubdtype(image.dtype, np.floating):
         low, high = float(image.min()), float(image.max())  # NaN propagates through min and max
         if not (np.isfinite(low) and np.isfinite(high)):
