@@ -120,6 +120,9 @@ def test_two_cycles_record_a_growing_share_and_full_reveals_everything(tiny, tmp
     # cycle 0 is the same random initial set for every strategy of a seed
     assert by_strategy[DECOMP][0].labelled_pixels == by_strategy["random"][0].labelled_pixels
     assert by_strategy[DECOMP][0].labelled_per_class == by_strategy["random"][0].labelled_per_class
+    # ... so its model is trained once per seed and shared
+    assert by_strategy[DECOMP][0].score == by_strategy["random"][0].score
+    assert by_strategy[DECOMP][0].training_seconds == by_strategy["random"][0].training_seconds
     (full,) = by_strategy[FULL]
     assert full.labelled_share == 1.0
     assert full.labelled_per_class == results.pool_class_pixels
@@ -183,6 +186,8 @@ def test_rank_by_priority_orders_by_priority_and_breaks_ties_reproducibly():
         ({"regions_per_image": 0}, "regions_per_image must be a positive integer"),
         ({"test_split": 1.0}, "test_split must lie strictly between 0 and 1"),
         ({"seeds": ()}, "at least one seed"),
+        ({"crop_size": 80}, "crop_size must be a multiple of 32 and at least 64"),
+        ({"crops_per_epoch": 0}, "crops_per_epoch must be a positive integer"),
     ],
 )
 def test_settings_reject_bad_values(changes, message):

@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="training epochs per cycle; an epoch draws as many crops as the pool has planes, "
         "whatever is labelled, so every cycle and strategy trains for the same number of steps",
     )
+    training.add_argument(
+        "--crops-per-epoch", type=int, help="training crops per epoch (default: the pool's images or slices)"
+    )
     training.add_argument("--batch-size", type=int, default=8)
     training.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW, cosine decay)")
     training.add_argument("--crop-size", type=int, help="training crop side (default: the plane, <= 256)")
@@ -160,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             learning_rate=args.lr,
             crop_size=args.crop_size,
+            crops_per_epoch=args.crops_per_epoch,
             val_fraction=args.val_fraction,
             test_split=args.test_split,
             tau=args.tau,

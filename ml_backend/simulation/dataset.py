@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from ml_backend.model.metrics import IGNORE_INDEX
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
 VOLUME_FORMATS = ("npy", "nii.gz")

@@ -29,8 +29,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ml_backend.model.metrics import IGNORE_INDEX
 from ml_backend.simulation import BASELINES, DECOMP, FULL, STRATEGIES
-from ml_backend.simulation.dataset import IGNORE_INDEX, Sample, SegmentationDataset
+from ml_backend.simulation.dataset import Sample, SegmentationDataset
 from ml_backend.simulation.report import (
     RESULTS_JSON,
     CycleRecord,
@@ -63,6 +64,7 @@ class SimulationSettings:
     batch_size: int = 8
     learning_rate: float = 1e-3
     crop_size: int | None = None
+    crops_per_epoch: int | None = None
     val_fraction: float = 0.0
     test_split: float = 0.2
     split_seed: int = 0
@@ -78,21 +80,22 @@ class SimulationSettings:
             raise ValueError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
         if not self.seeds:
             raise ValueError("give at least one seed")
-        for name in (
-            "cycles",
+        counts = [
             "images_per_cycle",
             "regions_per_image",
             "region_size",
             "initial_images",
             "epochs",
             "batch_size",
-        ):
+        ]
+        counts += [name for name in ("crop_size", "crops_per_epoch") if getattr(self, name) is not None]
+        for name in ["cycles", *counts]:
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "cycles" else 1):
-                raise ValueError(
-                    f"{name} must be a {'non-negative' if name == 'cycles' else 'positive'} "
-                    f"integer, got {value!r}"
-                )
+                kind = "non-negative" if name == "cycles" else "positive"
+                raise ValueError(f"{name} must be a {kind} integer, got {value!r}")
+        if self.crop_size is not None and (self.crop_size % 32 or self.crop_size < 64):
+            raise ValueError(f"crop_size must be a multiple of 32 and at least 64, got {self.crop_size}")
         if not 0.0 < self.test_split < 1.0:
             raise ValueError(f"test_split must lie strictly between 0 and 1, got {self.test_split}")
 
@@ -398,8 +401,10 @@ class Simulator:
         self.progress = progress
         self.metric = "mIoU" if dataset.ndim == 2 else "Dice"
         planes = [s.spatial_shape[-2:] for s in self.pool.samples]
-        self.crops_per_epoch = sum(1 if dataset.ndim == 2 else s.spatial_shape[0] for s in self.pool.samples)
+        pool_planes = sum(1 if dataset.ndim == 2 else s.spatial_shape[0] for s in self.pool.samples)
+        self.crops_per_epoch = settings.crops_per_epoch or pool_planes
         self.crop_size = settings.crop_size or default_crop_size(max(max(p) for p in planes))
+        self._first_cycle = None
 
     def new_results(self) -> SimulationResults:
         pool_counts = self.pool.class_pixel_counts()
@@ -436,7 +441,8 @@ class Simulator:
 
     def train(self, initial, labelled: LabelledPool, seed: int):
         """A copy of ``initial`` trained on the revealed pixels, with the same number of steps whatever
-        is labelled (``crops_per_epoch`` = the pool's planes), so that scores differ by labels alone."""
+        is labelled (``crops_per_epoch``, by default the pool's planes), so that scores differ by labels
+        alone."""
         from ml_backend.model.training import train_segmentation
 
         model = copy.deepcopy(initial)
@@ -535,13 +541,24 @@ class Simulator:
             training_seconds=trained,
         )
 
+    def train_and_evaluate(self, initial, labelled: LabelledPool, seed: int, cycle: int):
+        """(model, score, class scores, training seconds) of one cycle."""
+        started = time.perf_counter()
+        model = self.train(initial, labelled, training_seed(seed, cycle))
+        trained = time.perf_counter() - started
+        return (model, *self.evaluate(model), trained)
+
+    def first_cycle(self, seed: int, initial, labelled: LabelledPool):
+        """Cycle 0 of a seed: the same labels, weights and training seed for every strategy, hence the
+        same model: trained once per seed and shared (it is only read afterwards)."""
+        if self._first_cycle is None or self._first_cycle[0] != seed:
+            self._first_cycle = (seed, self.train_and_evaluate(initial, labelled, seed, 0))
+        return self._first_cycle[1]
+
     def run_full(self, seed: int) -> list[CycleRecord]:
         labelled = LabelledPool(self.pool.samples, self.num_classes)
         labelled.reveal_all()
-        started = time.perf_counter()
-        model = self.train(self.initial_model(seed), labelled, training_seed(seed, 0))
-        trained = time.perf_counter() - started
-        score, class_scores = self.evaluate(model)
+        _, score, class_scores, trained = self.train_and_evaluate(self.initial_model(seed), labelled, seed, 0)
         return [self._record(FULL, seed, 0, labelled, score, class_scores, [], math.nan, trained)]
 
     def run_strategy(self, strategy: str, seed: int) -> list[CycleRecord]:
@@ -561,10 +578,10 @@ class Simulator:
             leave=False,
         )
         for cycle in bar:
-            started = time.perf_counter()
-            model = self.train(initial, labelled, training_seed(seed, cycle))
-            trained = time.perf_counter() - started
-            score, class_scores = self.evaluate(model)
+            if cycle == 0:
+                model, score, class_scores, trained = self.first_cycle(seed, initial, labelled)
+            else:
+                model, score, class_scores, trained = self.train_and_evaluate(initial, labelled, seed, cycle)
             records.append(
                 self._record(
                     strategy, seed, cycle, labelled, score, class_scores, selections, seconds, trained
