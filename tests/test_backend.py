@@ -468,6 +468,10 @@ def test_the_app_from_env_serves_with_basic_auth(tmp_path, monkeypatch) -> None:
     auth = {"Authorization": "Basic " + base64.b64encode(b"ls:pw").decode()}
     assert http.get("/health", headers=auth).get_json() == {"status": "UP", "model_class": "DecompBackend"}
     assert http.post("/setup", json={"project": 3}, headers=auth).get_json() == {"model_version": "decomp-v0"}
+    created = {"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": []}
+    answer = http.post("/webhook", json=created, headers=auth)
+    assert answer.status_code == 201, "the adapter's queue updater answers new tasks"
+    assert answer.get_json()["result"] == {"event": "TASKS_CREATED", "result": "nothing to score"}
 
 
 def test_prediction_score_is_one_minus_priority_within_bounds() -> None:

@@ -139,6 +139,7 @@ def create_app(backend: BackendFactory | Backend, *, basic_auth: tuple[str, str]
 
 def create_app_from_env() -> Flask:
     """The app gunicorn serves (``ml_backend.labelstudio.app:create_app_from_env()``), configured by env."""
+    from adapters.queue import QueueUpdater
     from ml_backend.labelstudio.backend import BackendRuntime, BackendSettings
 
     settings = BackendSettings.from_env()
@@ -148,7 +149,11 @@ def create_app_from_env() -> Flask:
     user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
     basic_auth = (user, password) if user and password else None
     _preload_heavy_modules()
-    return create_app(BackendRuntime(settings).backend, basic_auth=basic_auth)
+    runtime = BackendRuntime(settings)
+    # The active-learning loop: every new model rescores the pool and reorders the queue, new tasks get a
+    # priority as they arrive (TASKS_CREATED).
+    QueueUpdater(runtime).attach()
+    return create_app(runtime.backend, basic_auth=basic_auth)
 
 
 def _preload_heavy_modules() -> None:
