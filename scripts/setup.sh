@@ -6,12 +6,20 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 stamp="$VENV/.installed"
-# Headless Chromium drives the browser tests (the annotator's view); Debian ships it with its driver.
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+# System tools the tests use: headless Chromium and its driver (the annotator's view in a real browser),
+# and a compose client to check docker/docker-compose.yml (Debian 12 ships compose v1 only).
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+    missing+=(docker-compose)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "warning: chromium/chromedriver missing and cannot be installed here (need root + apt); browser tests will fail" >&2
+        echo "warning: ${missing[*]} missing and cannot be installed here (needs root and apt-get);" \
+            "the browser and compose tests will fail" >&2
     fi
 fi
 if [ ! -x "$VENV/bin/python" ]; then
