@@ -669,3 +669,48 @@ def test_updater_survives_a_failing_run_and_reports_it(monkeypatch) -> None:
     updater.request("3")
     assert updater.wait_until_idle(10)
     assert updater.last_errors == {"3": "RuntimeError: Label Studio went away"}
+
+
+# -- the demo's data and project helpers ------------------------------------------------------------------
+
+
+def test_tile_grid_cuts_whole_tiles_centred_in_the_photo() -> None:
+    from ml_backend.demo_data import tile_grid
+
+    photo = np.arange(100 * 140).reshape(100, 140)
+    tiles = tile_grid(photo, 64)  # one row of two tiles; 18 rows and 6 columns of margin on each side
+    assert [(row, col) for row, col, _ in tiles] == [(0, 0), (0, 1)]
+    np.testing.assert_array_equal(tiles[1][2], photo[18:82, 70:134])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        tile_grid(photo, 48)
+
+
+def test_demo_images_are_real_photo_tiles_written_once(tmp_path) -> None:
+    import skimage.data
+
+    from ml_backend.demo_data import TILE, demo_tiles, write_demo_images
+
+    tiles = demo_tiles()
+    assert len(tiles) == len({tile.name for tile in tiles}) == 52
+    assert all(tile.image.shape == (TILE, TILE, 3) and tile.image.dtype == np.uint8 for tile in tiles)
+    astronaut = next(tile for tile in tiles if tile.name == "astronaut_r0_c0")
+    np.testing.assert_array_equal(astronaut.image, skimage.data.astronaut()[16:176, 16:176])
+
+    paths = write_demo_images(tmp_path)
+    stamps = {path: path.stat().st_mtime_ns for path in paths}
+    assert write_demo_images(tmp_path) == paths
+    assert {path: path.stat().st_mtime_ns for path in paths} == stamps  # a second run rewrites nothing
+
+
+def test_demo_project_is_found_by_title_and_stale_local_backends_are_forgotten() -> None:
+    from ml_backend.commands.demo import ensure_demo_project, forget_other_backends
+
+    client = FakeLabelStudio()
+    client.project.title = "DECOMP demo"
+    assert ensure_demo_project(client) == (7, False)
+
+    connect_backend(client, SETTINGS, 7, "http://127.0.0.1:9090")
+    connect_backend(client, SETTINGS, 7, "http://gpu-box:9090")
+    forget_other_backends(client, 7, "http://127.0.0.1:9191")  # this run's backend moved to another port
+    assert [ml.url for ml in client.ml_backends.values()] == ["http://gpu-box:9090"]
+    assert [hook.url for hook in client.stored_webhooks.values()] == ["http://gpu-box:9090/webhook"]

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         with ExitStack() as services:
             studio, backend = _start_services(services, data_dir, args.port, args.backend_port)
             project = prepare_demo(studio, backend, data_dir / "models")
-            _print_banner(studio, backend, project, data_dir)
+            _print_banner(studio, backend, project, data_dir, waiting=not args.setup_only)
             if not args.setup_only:
                 _wait_while_running(studio, backend)
         print("Stopped the backend and Label Studio; none of their processes is left.", flush=True)
@@ -230,7 +230,7 @@ def forget_other_backends(client: LabelStudio, project_id: int, backend_url: str
 
 
 def _print_banner(
-    studio: LocalLabelStudio, backend: BackendProcess, project: DemoProject, data_dir: Path
+    studio: LocalLabelStudio, backend: BackendProcess, project: DemoProject, data_dir: Path, *, waiting: bool
 ) -> None:
     queue = f"{studio.url}/projects/{project.project_id}/data?tab={project.view_id}"
     print(
@@ -248,7 +248,7 @@ def _print_banner(
                 f"The project has {project.tasks} unlabelled tiles. Open the queue, click 'Label All Tasks', "
                 "paint the classes inside the yellow squares and submit: every few annotations the backend "
                 "retrains and the queue is reordered.",
-                "Press Ctrl-C to stop.",
+                "Press Ctrl-C to stop." if waiting else "Stopping (--setup-only); run again to use it.",
             ]
         ),
         flush=True,

@@ -5,6 +5,12 @@ reorders the queue by itself, and the usual mistakes fail with a clear message a
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -312,3 +318,55 @@ def test_backend_down_fails_and_leaves_the_project_untouched(
     assert [
         v for v in ls_client.views.list(project=project_id) if v.data.get("title") == QUEUE_VIEW_TITLE
     ] == []
+
+
+# -- the demo command ----------------------------------------------------------------------------------------
+
+
+def _read_until(process: subprocess.Popen, marker: str, timeout: float) -> str:
+    """The process's output up to the line holding ``marker`` (read on a thread, so a hang times out)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen, deadline = [], time.monotonic() + timeout
+    while True:
+        line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
+        assert line is not None, "the demo ended early:\n" + "".join(seen)
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+
+
+def _banner_value(output: str, label: str) -> str:
+    (line,) = [line for line in output.splitlines() if line.strip().startswith(label)]
+    return line.split(label, 1)[1].strip()
+
+
+def test_demo_serves_until_ctrl_c_stops_everything_and_a_second_run_reuses_it(tmp_path) -> None:
+    from ml_backend.devtools import free_port, live_group_members
+
+    env = {**os.environ, "DECOMP_ENCODER_WEIGHTS": "none", "DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "ml_backend.cli", "demo", "--data-dir", str(tmp_path)]
+    argv += ["--port", str(free_port()), "--backend-port", str(free_port())]
+    demo = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        output = _read_until(demo, "Press Ctrl-C to stop.", timeout=900)
+    finally:
+        demo.send_signal(signal.SIGINT)
+    assert demo.wait(timeout=120) == 0
+    studio_pid = int(_banner_value(output, "Label Studio").split("pid ")[1].rstrip(")"))
+    backend_pid = int(_banner_value(output, "backend").split("pid ")[1].rstrip(")"))
+    assert live_group_members(studio_pid) == [] and live_group_members(backend_pid) == []
+    queue_url = _banner_value(output, "DECOMP queue")
+    assert "The project has 52 unlabelled tiles." in output
+
+    again = subprocess.run(argv + ["--setup-only"], capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _banner_value(again.stdout, "DECOMP queue") == queue_url  # same project, same tab
+    assert "The project has 52 unlabelled tiles." in again.stdout  # no task imported twice
+    assert "provisioning" not in again.stderr  # the data dir and its login were reused
