@@ -24,6 +24,7 @@ from ml_backend.simulation.loop import (
     simulate,
 )
 from ml_backend.simulation.report import read_results
+from ml_backend.strategies.base import ScoredImage
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -188,6 +189,8 @@ def test_rank_by_priority_orders_by_priority_and_breaks_ties_reproducibly():
         ({"seeds": ()}, "at least one seed"),
         ({"crop_size": 80}, "crop_size must be a multiple of 32 and at least 64"),
         ({"crops_per_epoch": 0}, "crops_per_epoch must be a positive integer"),
+        ({"center": "middle"}, "center must be one of"),
+        ({"region_shape": "circle"}, "region_shape must be one of"),
     ],
 )
 def test_settings_reject_bad_values(changes, message):
@@ -220,3 +223,63 @@ def test_cli_writes_a_builtin_dataset_and_explains_a_bad_one(tmp_path, capsys):
     (tmp_path / "bad" / "images").mkdir(parents=True)
     assert main(["simulate", "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "out")]) == 2
     assert "masks/ folder is missing" in capsys.readouterr().err
+
+
+def _scored(labels: np.ndarray, confidence: np.ndarray) -> ScoredImage:
+    return ScoredImage(labels.astype(np.uint8), confidence.astype(np.float32))
+
+
+def test_decomp_selector_ranks_by_uncertain_classes_and_samples_only_them():
+    plain = _scored(np.zeros((32, 32)), np.full((32, 32), 0.9))
+    labels = np.zeros((32, 32))
+    labels[8:24, 8:24] = 1
+    mixed = _scored(labels, np.where(labels == 1, 0.5, 0.9))  # class 1 is never confident: rate 0
+    selector = build_selector(DECOMP, 2, region_shape("box", 4))
+    selector.observe(0, plain)
+    selector.observe(1, mixed)
+
+    for seed in range(5):
+        assert selector.ranking(np.random.default_rng(seed)) == [1, 0]
+    regions = selector.regions(mixed, 5, np.random.default_rng(0))
+    assert len(regions) == 5 and {r.class_index for r in regions} == {1}  # background weighs 0
+
+
+def test_decomp_selector_takes_a_random_order_when_the_weights_are_uniform():
+    labels = np.zeros((16, 16))
+    labels[:, 8:] = 1
+    selector = build_selector(DECOMP, 2, region_shape("box", 4))
+    selector.observe(0, _scored(np.zeros((16, 16)), np.ones((16, 16))))
+    selector.observe(1, _scored(labels, np.ones((16, 16))))  # every class always confident: uniform weights
+    orders = {tuple(selector.ranking(np.random.default_rng(seed))) for seed in range(20)}
+    assert orders == {(0, 1), (1, 0)}  # presence of more classes does not decide when weights say nothing
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_each_cycle_trains_from_the_initial_weights_or_the_previous_model(
+    tiny, tmp_path, monkeypatch, warm_start
+):
+    calls = []
+
+    def fake_train(self, start, labelled, seed, epochs):
+        model = object()
+        calls.append((start, model, labelled.labelled_pixels, seed, epochs))
+        return model
+
+    monkeypatch.setattr(Simulator, "train", fake_train)
+    monkeypatch.setattr(Simulator, "evaluate", lambda self, model: (0.5, (0.5,) * 6))
+    monkeypatch.setattr(
+        Simulator, "scorer", lambda self, model, labelled: lambda i, needs: labelled.unscored(i)
+    )
+    settings = _settings(strategies=("random", FULL), cycles=2, epochs=3, warm_start=warm_start)
+    simulate(tiny, settings, tmp_path, progress=False)
+
+    (c0, c1, c2, full) = calls
+    assert [c[3] for c in calls] == [0, 1, 2, 0]  # the trainer's seed follows (seed, cycle)
+    assert c0[2] < c1[2] < c2[2] and full[2] == 6 * 64 * 64
+    if warm_start:
+        assert c1[0] is c0[1] and c2[0] is c1[1]
+        assert [c[4] for c in calls] == [3, 3, 3, 9]  # full: as many steps as the last cycle saw
+    else:
+        assert c0[0] is c1[0] is c2[0]
+        assert [c[4] for c in calls] == [3, 3, 3, 3]
+    assert full[0] is not c0[0]  # built anew from the same seed: not the object the strategy trained

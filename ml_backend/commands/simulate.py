@@ -67,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images that get random regions before the first cycle (the same for every strategy)",
     )
     loop.add_argument("--tau", type=float, default=0.7, help="DECOMP confidence threshold")
+    loop.add_argument(
+        "--center",
+        choices=("max_confidence", "uniform"),
+        default="max_confidence",
+        help="DECOMP region centre: the drawn class's most confident free pixel (the authors' rule) or a "
+        "uniformly random one",
+    )
 
     training = parser.add_argument_group("model and training (the backend's model and trainer)")
     training.add_argument(
@@ -78,6 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     training.add_argument(
         "--crops-per-epoch", type=int, help="training crops per epoch (default: the pool's images or slices)"
+    )
+    training.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="each cycle continues training the previous cycle's model, as the backend does (default: "
+        "retrain from the initial weights every cycle, as the authors do); 'full' then trains for all "
+        "cycles' epochs together",
     )
     training.add_argument("--batch-size", type=int, default=8)
     training.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW, cosine decay)")
@@ -164,9 +178,11 @@ def run(args: argparse.Namespace) -> int:
             learning_rate=args.lr,
             crop_size=args.crop_size,
             crops_per_epoch=args.crops_per_epoch,
+            warm_start=args.warm_start,
             val_fraction=args.val_fraction,
             test_split=args.test_split,
             tau=args.tau,
+            center=args.center,
             architecture=args.architecture,
             encoder=args.encoder,
             encoder_weights=None if args.encoder_weights.lower() == "none" else args.encoder_weights,

@@ -1,11 +1,12 @@
 """The active-learning loop, replayed on a fully labelled dataset.
 
 Per strategy and seed: cycle 0 labels random regions in a few random images (the same for every strategy of
-a seed); then each cycle trains the backend's model from the same initial weights on what is labelled
-(partial-label loss: unrevealed pixels are 255), evaluates it on the test split, and, unless it was the
-last cycle, scores the candidate images (one forward pass each), lets the strategy choose images and
-regions, and reveals the ground truth inside those regions only. ``full`` trains once on every pool label:
-the reference score.
+a seed); then each cycle trains the backend's model on what is labelled (its trainer, partial-label loss:
+unrevealed pixels are 255), evaluates it on the test split, and, unless it was the last cycle, scores the
+candidate images (one forward pass each), lets the strategy choose images and regions, and reveals the
+ground truth inside those regions only. Each cycle trains from the same initial weights, as the authors
+do, or with ``warm_start`` continues from the previous cycle's model, as the backend does. ``full`` trains
+once on every pool label: the reference score.
 
 Selection follows the authors' code: every image is queried at most once, and when fewer candidates than
 ``images_per_cycle`` remain, every image with unlabelled pixels becomes a candidate again. DECOMP ranks
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ml_backend.model.metrics import IGNORE_INDEX
+from ml_backend.pipeline import REGION_SHAPES
 from ml_backend.simulation import BASELINES, DECOMP, FULL, STRATEGIES
 from ml_backend.simulation.dataset import Sample, SegmentationDataset
 from ml_backend.simulation.report import (
@@ -40,6 +42,7 @@ from ml_backend.simulation.report import (
     write_report,
 )
 from ml_backend.strategies.base import Region, RegionShape, ScoredImage
+from ml_backend.strategies.decomp import CENTERS
 from ml_backend.strategies.stats import DEFAULT_TAU, PoolStatistics
 
 logger = logging.getLogger(__name__)
@@ -65,10 +68,12 @@ class SimulationSettings:
     learning_rate: float = 1e-3
     crop_size: int | None = None
     crops_per_epoch: int | None = None
+    warm_start: bool = False
     val_fraction: float = 0.0
     test_split: float = 0.2
     split_seed: int = 0
     tau: float = DEFAULT_TAU
+    center: str = "max_confidence"
     architecture: str = "Unet"
     encoder: str = "resnet18"
     encoder_weights: str | None = "imagenet"
@@ -98,6 +103,10 @@ class SimulationSettings:
             raise ValueError(f"crop_size must be a multiple of 32 and at least 64, got {self.crop_size}")
         if not 0.0 < self.test_split < 1.0:
             raise ValueError(f"test_split must lie strictly between 0 and 1, got {self.test_split}")
+        if self.center not in CENTERS:
+            raise ValueError(f"center must be one of {CENTERS}, got {self.center!r}")
+        if self.region_shape not in REGION_SHAPES:
+            raise ValueError(f"region_shape must be one of {REGION_SHAPES}, got {self.region_shape!r}")
 
     def comparable(self) -> dict[str, Any]:
         """The settings that decide the numbers (runs with equal ones can be pooled)."""
@@ -172,10 +181,13 @@ class DecompSelector:
     name = DECOMP
     needs = frozenset({"predictions"})
 
-    def __init__(self, num_classes: int, shape: RegionShape, tau: float = DEFAULT_TAU) -> None:
+    def __init__(
+        self, num_classes: int, shape: RegionShape, tau: float = DEFAULT_TAU, center: str = "max_confidence"
+    ) -> None:
         self.num_classes = num_classes
         self.shape = shape
         self.tau = tau
+        self.center = center
         self._statistics: dict[int, PoolStatistics] = {}
         self._sampler = None
 
@@ -186,8 +198,10 @@ class DecompSelector:
         from ml_backend.strategies.decomp import DecompSampler, image_priority
 
         pool = sum(self._statistics.values(), PoolStatistics.empty(self.num_classes, self.tau))
-        self._sampler = DecompSampler.from_statistics(pool, shape=self.shape)
+        self._sampler = DecompSampler.from_statistics(pool, shape=self.shape, center=self.center)
         weights = self._sampler.weights
+        if np.all(weights == weights[0]):  # uniform weights say nothing: the authors then take a random order
+            return rank_by_priority(dict.fromkeys(self._statistics, 0.0), rng)
         return rank_by_priority({i: image_priority(s, weights) for i, s in self._statistics.items()}, rng)
 
     def regions(self, image: ScoredImage, k: int, rng: np.random.Generator) -> list[Region]:
@@ -215,9 +229,15 @@ class BaselineSelector:
 
 
 def build_selector(
-    name: str, num_classes: int, shape: RegionShape, seed: int = 0, tau: float = DEFAULT_TAU
+    name: str,
+    num_classes: int,
+    shape: RegionShape,
+    seed: int = 0,
+    tau: float = DEFAULT_TAU,
+    center: str = "max_confidence",
 ) -> CycleSelector:
-    """The selector of strategy ``name`` (one of ``DECOMP`` and ``BASELINES``) for one cycle."""
+    """The selector of strategy ``name`` (one of ``DECOMP`` and ``BASELINES``) for one cycle; ``tau`` and
+    ``center`` are DECOMP's, ``seed`` the random image order's."""
     from ml_backend.strategies.baselines import (
         MeanEntropyPriority,
         RandomImagePriority,
@@ -225,7 +245,7 @@ def build_selector(
     )
 
     if name == DECOMP:
-        return DecompSelector(num_classes, shape, tau)
+        return DecompSelector(num_classes, shape, tau, center)
     if name not in BASELINES:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join((DECOMP, *BASELINES))}")
     region_strategy = build_region_strategy(name, shape)
@@ -439,7 +459,7 @@ class Simulator:
             class_names=self.dataset.class_names,
         )
 
-    def train(self, initial, labelled: LabelledPool, seed: int):
+    def train(self, initial, labelled: LabelledPool, seed: int, epochs: int):
         """A copy of ``initial`` trained on the revealed pixels, with the same number of steps whatever
         is labelled (``crops_per_epoch``, by default the pool's planes), so that scores differ by labels
         alone."""
@@ -454,7 +474,7 @@ class Simulator:
         train_segmentation(
             model,
             samples,
-            epochs=self.settings.epochs,
+            epochs=epochs,
             lr=self.settings.learning_rate,
             batch_size=self.settings.batch_size,
             crop_size=self.crop_size,
@@ -541,10 +561,10 @@ class Simulator:
             training_seconds=trained,
         )
 
-    def train_and_evaluate(self, initial, labelled: LabelledPool, seed: int, cycle: int):
+    def train_and_evaluate(self, initial, labelled: LabelledPool, seed: int, cycle: int, epochs: int):
         """(model, score, class scores, training seconds) of one cycle."""
         started = time.perf_counter()
-        model = self.train(initial, labelled, training_seed(seed, cycle))
+        model = self.train(initial, labelled, training_seed(seed, cycle), epochs)
         trained = time.perf_counter() - started
         return (model, *self.evaluate(model), trained)
 
@@ -552,13 +572,19 @@ class Simulator:
         """Cycle 0 of a seed: the same labels, weights and training seed for every strategy, hence the
         same model: trained once per seed and shared (it is only read afterwards)."""
         if self._first_cycle is None or self._first_cycle[0] != seed:
-            self._first_cycle = (seed, self.train_and_evaluate(initial, labelled, seed, 0))
+            trained = self.train_and_evaluate(initial, labelled, seed, 0, self.settings.epochs)
+            self._first_cycle = (seed, trained)
         return self._first_cycle[1]
 
     def run_full(self, seed: int) -> list[CycleRecord]:
+        """The reference: every pool label, trained from the initial weights for as many steps as the
+        last cycle's model has seen in total (more than one cycle's worth when models are warm-started)."""
         labelled = LabelledPool(self.pool.samples, self.num_classes)
         labelled.reveal_all()
-        _, score, class_scores, trained = self.train_and_evaluate(self.initial_model(seed), labelled, seed, 0)
+        epochs = self.settings.epochs * (self.settings.cycles + 1 if self.settings.warm_start else 1)
+        _, score, class_scores, trained = self.train_and_evaluate(
+            self.initial_model(seed), labelled, seed, 0, epochs
+        )
         return [self._record(FULL, seed, 0, labelled, score, class_scores, [], math.nan, trained)]
 
     def run_strategy(self, strategy: str, seed: int) -> list[CycleRecord]:
@@ -581,7 +607,10 @@ class Simulator:
             if cycle == 0:
                 model, score, class_scores, trained = self.first_cycle(seed, initial, labelled)
             else:
-                model, score, class_scores, trained = self.train_and_evaluate(initial, labelled, seed, cycle)
+                start = model if self.settings.warm_start else initial
+                model, score, class_scores, trained = self.train_and_evaluate(
+                    start, labelled, seed, cycle, self.settings.epochs
+                )
             records.append(
                 self._record(
                     strategy, seed, cycle, labelled, score, class_scores, selections, seconds, trained
@@ -595,7 +624,12 @@ class Simulator:
             rng = np.random.default_rng(_stream_seed(seed, strategy, cycle))
             shape = region_shape(self.settings.region_shape, self.settings.region_size)
             selector = build_selector(
-                strategy, self.num_classes, shape, seed=seed * 1000 + cycle, tau=self.settings.tau
+                strategy,
+                self.num_classes,
+                shape,
+                seed=training_seed(seed, cycle),
+                tau=self.settings.tau,
+                center=self.settings.center,
             )
             meter = SelectionMeter()
             candidates = labelled.candidates(self.settings.images_per_cycle)
