@@ -82,6 +82,16 @@ def test_float_in_unit_range_is_kept_and_other_floats_are_windowed() -> None:
     assert intensity_window(int16) == pytest.approx(intensity_window(hounsfield), abs=1)
 
 
+def test_the_callers_array_is_never_written_and_any_layout_is_read() -> None:
+    gray = np.random.default_rng(0).random((6, 7, 1)).astype(np.float32)
+    original = gray.copy()
+    prepared = prepare_image(gray)
+    np.testing.assert_array_equal(gray, original)
+    torch.testing.assert_close(prepare_image(gray[::-1, ::-1]), prepared.flip((1, 2)))
+    big_endian = (gray[..., 0] * 1000).astype(">u2")
+    torch.testing.assert_close(prepare_image(big_endian), prepare_image(big_endian.astype(np.uint16)))
+
+
 def test_an_explicit_window_overrides_the_image_statistics() -> None:
     image = np.array([[100, 200]], dtype=np.uint16)
     scaled = unnormalise(prepare_image(image, window=(0.0, 400.0)))[..., 0]
