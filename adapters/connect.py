@@ -2,9 +2,9 @@
 
 Label Studio accepts a connection only after its own /health and /setup calls to the backend succeed, and
 creates the project webhook through which annotations reach the backend's trainer. Two things commonly go
-wrong after that and stay silent: a backend behind basic auth gets a webhook without credentials (every
-annotation event is answered 401 and training never starts, label-studio.md §7.1), and a webhook that was
-deleted by hand is not recreated. :func:`connect_backend` checks and repairs both, and undoes what it
+wrong after that and stay silent (seen on Label Studio 1.23.2): a backend behind basic auth gets a webhook
+without credentials (every annotation event is answered 401 and training never starts), and a webhook that
+was deleted by hand is not recreated. :func:`connect_backend` checks and repairs both, and undoes what it
 created when a later step fails, so a failed connect leaves the project as it found it.
 """
 

@@ -1,7 +1,7 @@
 """Reordering a Label Studio project's queue by DECOMP priority.
 
 Label Studio Community Edition has no active-learning queue, but it orders work in two ways we can steer
-(label-studio.md §3.2, §2.1):
+(behaviour checked on Label Studio 1.23.2, see docs/adapter.md):
 
 * a Data Manager tab ("DECOMP queue") that shows the unlabelled tasks ordered by the task data field
   ``decomp_priority`` (highest first); "Label All Tasks" from that tab, or ``/next?view=<tab>``, follows it;
@@ -117,7 +117,7 @@ def iter_pool_tasks(
 ) -> Iterator[PoolTask]:
     """The project's unlabelled tasks (or those of ``task_ids`` that are unlabelled), page by page.
 
-    The SDK's pager asks for one page past the end (a logged 404 in Label Studio, label-studio.md §7.5);
+    The SDK's pager asks for one page past the end (Label Studio answers 404 and logs an error);
     this stops at the ``total`` the first page reports instead.
     """
     wanted = None if task_ids is None else set(task_ids)
@@ -284,7 +284,7 @@ def _prediction_fields(entry: QueueEntry, model_version: str) -> dict[str, Any]:
 def _point_project_at(
     client: LabelStudio, project_id: int, model_version: str, has_predictions: bool
 ) -> bool:
-    """Set ``project.model_version`` (Label Studio refuses a version no prediction carries, §7.2)."""
+    """Set ``project.model_version`` (Label Studio refuses a version that no prediction carries)."""
     if not has_predictions:
         logger.info(
             "no unlabelled task holds a %s prediction; project.model_version left as is", model_version
@@ -496,8 +496,9 @@ def reprioritize(
     """Score the unlabelled pool with the project's served model and publish the DECOMP queue.
 
     With ``task_ids`` only those tasks are scored, against the stored pool weights (tasks added after the
-    last full run, §"TASKS_CREATED"); the pool totals stay as they are. Without, the whole pool is scored,
-    its statistics replace the stored ones, and every task's priority follows the new class weights.
+    last full run, reported by Label Studio's TASKS_CREATED); the pool totals stay as they are. Without,
+    the whole pool is scored, its statistics replace the stored ones, and every task's priority follows the
+    new class weights.
     Nothing is written to Label Studio or the state before scoring has finished.
     """
     from ml_backend.pipeline import pool_weights

@@ -1,7 +1,7 @@
 """The adapter's pure parts against an in-memory stand-in for the label-studio-sdk client.
 
 The stand-in keeps tasks, predictions, views, ML backends and webhooks like Label Studio 1.23.2 does for
-the calls the adapter makes (shapes checked against a real server, label-studio.md §3), and logs every call,
+the calls the adapter makes (shapes checked against a real Label Studio 1.23.2), and logs every call,
 so that the tests can assert both the outcome and the number of writes.
 """
 
