@@ -55,6 +55,13 @@ def real_samples() -> list[tuple[np.ndarray, np.ndarray]]:
     return samples
 
 
+def noise_samples(count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Random 64 x 80 images with random 3-class targets: enough to exercise the machinery."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, 64, 80, 3), dtype=np.uint8)
+    return [(image, rng.integers(0, 3, (64, 80))) for image in images]
+
+
 def test_training_on_real_photos_lowers_the_loss_and_raises_held_out_miou(initial_model) -> None:
     model = copy.deepcopy(initial_model)
     epochs = []
@@ -180,10 +187,7 @@ def test_volumes_train_on_the_slices_that_hold_labels(initial_model) -> None:
 
 
 def test_the_same_seed_gives_the_same_run(initial_model) -> None:
-    rng = np.random.default_rng(1)
-    samples = [
-        (rng.integers(0, 256, (70, 90, 3), dtype=np.uint8), rng.integers(0, 3, (70, 90))) for _ in range(2)
-    ]
+    samples = noise_samples(2, seed=1)
     first, second = copy.deepcopy(initial_model), copy.deepcopy(initial_model)
     report_first = train_segmentation(first, samples, epochs=2, val_fraction=0.5, **FAST)
     report_second = train_segmentation(second, samples, epochs=2, val_fraction=0.5, **FAST)
@@ -228,8 +232,7 @@ def test_bad_training_input_gets_a_clear_error(initial_model, samples, options, 
 def test_distributed_data_parallel_with_one_gloo_process_matches_a_plain_run(initial_model) -> None:
     import torch.distributed as dist
 
-    rng = np.random.default_rng(2)
-    samples = [(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), rng.integers(0, 3, (64, 80)))]
+    samples = noise_samples(1, seed=2)
     plain = train_segmentation(copy.deepcopy(initial_model), samples, epochs=1, val_fraction=0.0, **FAST)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -242,3 +245,32 @@ def test_distributed_data_parallel_with_one_gloo_process_matches_a_plain_run(ini
     finally:
         dist.destroy_process_group()
     assert wrapped.losses == pytest.approx(plain.losses, rel=1e-5)
+
+
+def _distributed_worker(rank: int, rendezvous: str, results: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = build_segmentation_model(3, encoder_weights=None)
+        report = train_segmentation(
+            model, noise_samples(4, seed=2), epochs=1, val_fraction=0.5, restore_best=False, **FAST
+        )
+        outcome = {"losses": report.losses, "val": report.val_mious, "state": model.state_dict()}
+        torch.save(outcome, f"{results}{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_train_one_network_and_agree_on_every_figure(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    results = str(tmp_path / "rank")
+    mp.start_processes(_distributed_worker, args=(str(tmp_path / "rendezvous"), results), nprocs=2, join=True)
+    first, second = (torch.load(f"{results}{rank}", weights_only=True) for rank in (0, 1))
+    assert first["losses"] == second["losses"] and first["val"] == second["val"]
+    assert len(first["losses"]) == 1 and all(value is not None for value in first["val"])
+    for key, value in first["state"].items():  # parameters and BatchNorm statistics alike
+        torch.testing.assert_close(value, second["state"][key], rtol=0, atol=0)

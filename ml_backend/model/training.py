@@ -453,6 +453,11 @@ def _train_epoch(
         scheduler.step()
         total += loss.item()
         steps += 1
+    if _distributed():
+        # BatchNorm statistics are updated per process after DDP's last broadcast: give every process
+        # rank 0's, so that all of them validate (and could save) the same network.
+        for buffer in trained.module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     total, steps = _sum_across_processes(np.array([total, steps], dtype=np.float64), device)
     return float(total / steps)
 
