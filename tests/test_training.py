@@ -186,15 +186,19 @@ def test_volumes_train_on_the_slices_that_hold_labels(initial_model) -> None:
     assert report.best_val_miou is None and report.history[0].val_miou is None
 
 
-def test_the_same_seed_gives_the_same_run(initial_model) -> None:
+def test_the_same_seed_gives_the_same_run_with_or_without_loader_workers(initial_model) -> None:
     samples = noise_samples(2, seed=1)
     first, second = copy.deepcopy(initial_model), copy.deepcopy(initial_model)
     report_first = train_segmentation(first, samples, epochs=2, val_fraction=0.5, **FAST)
-    report_second = train_segmentation(second, samples, epochs=2, val_fraction=0.5, **FAST)
+    report_second = train_segmentation(second, samples, epochs=2, val_fraction=0.5, num_workers=2, **FAST)
     assert report_first.losses == report_second.losses
     assert report_first.val_mious == report_second.val_mious
     for key, value in first.state_dict().items():
         torch.testing.assert_close(value, second.state_dict()[key], rtol=0, atol=0)
+    other_seed = train_segmentation(
+        copy.deepcopy(initial_model), samples, epochs=2, val_fraction=0.5, **dict(FAST, seed=1)
+    )
+    assert other_seed.losses != report_first.losses
 
 
 def test_a_failed_run_gives_the_model_its_starting_weights_back(initial_model) -> None:
