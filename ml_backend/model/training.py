@@ -19,6 +19,7 @@ the statistics are summed across processes, and only rank 0 logs and calls ``cal
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -145,38 +146,33 @@ def train_segmentation(
     """
     spec = model_spec(model)
     network = getattr(model, "module", model)
-    _check_hyperparameters(epochs, lr, batch_size, crop_size, val_fraction, num_workers, crops_per_epoch)
+    _check_hyperparameters(
+        epochs, lr, batch_size, crop_size, val_fraction, seed, num_workers, crops_per_epoch
+    )
     device = resolve_device(device)
     checked = _check_samples(samples, spec)
-    rng = np.random.default_rng(seed)
-    train_targets, val_targets, validation = _split(checked, val_fraction, rng)
-    train_units = _labelled_planes(train_targets)
-    val_units = _labelled_planes(val_targets)
-
-    distributed = _distributed()
-    rank = torch.distributed.get_rank() if distributed else 0
-    world = torch.distributed.get_world_size() if distributed else 1
+    train_targets, val_targets, validation = _split(checked, val_fraction, np.random.default_rng(seed))
+    train_units, val_units = _labelled_planes(train_targets), _labelled_planes(val_targets)
+    rank, world = _rank_and_world()
     per_step = batch_size * world
     length = math.ceil(max(crops_per_epoch or len(train_units), per_step) / per_step) * per_step
     dataset = _CropDataset(checked, train_targets, train_units, spec, crop_size, length, seed, vertical_flip)
-    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False) if distributed else None
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True
+        dataset,
+        batch_size=batch_size,
+        sampler=torch.utils.data.DistributedSampler(dataset, shuffle=False) if world > 1 else None,
+        num_workers=num_workers,
+        drop_last=True,
     )
-
-    network.to(device)
-    trained = (
-        torch.nn.parallel.DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None
-        )
-        if distributed
-        else network
-    )
+    trained = _for_all_processes(network.to(device), device)
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, fused=device.type in ("cpu", "cuda") or None
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, epochs * len(loader)), eta_min=lr * FINAL_LR_SHARE
+    )
+    validate = functools.partial(
+        _validate, network, checked, val_targets, val_units[rank::world], spec.num_classes, device
     )
     initial_state = _cpu_copy(network.state_dict())
     leader = rank == 0
@@ -195,9 +191,8 @@ def train_segmentation(
             device,
         )
 
-    own_val_units = val_units[rank::world]
     try:
-        initial = _validate(network, checked, val_targets, own_val_units, spec.num_classes, device)
+        initial = validate()
         best_epoch, best, best_state = 0, initial, initial_state
         history = []
         for epoch in range(1, epochs + 1):
@@ -205,7 +200,7 @@ def train_segmentation(
             learning_rate = optimizer.param_groups[0]["lr"]
             dataset.set_epoch(epoch)
             loss = _train_epoch(trained, loader, optimizer, scheduler, device, epoch)
-            confusion = _validate(network, checked, val_targets, own_val_units, spec.num_classes, device)
+            confusion = validate()
             miou = None if confusion is None else confusion.mean_iou()
             record = EpochRecord(
                 epoch=epoch,
@@ -256,6 +251,7 @@ def _check_hyperparameters(
     batch_size: int,
     crop_size: int,
     val_fraction: float,
+    seed: int,
     num_workers: int,
     crops_per_epoch: int | None,
 ) -> None:
@@ -269,8 +265,9 @@ def _check_hyperparameters(
         raise ValueError(f"lr must be a number in (0, 1), got {lr!r}")
     if not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    for name, value in (("seed", seed), ("num_workers", num_workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
 
 
 def _check_samples(samples: Sequence[tuple[np.ndarray, np.ndarray]], spec: ModelSpec) -> list[_Sample]:
@@ -493,6 +490,21 @@ def _validate(
 def _distributed() -> bool:
     """Whether this process is one of a torchrun group."""
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if not _distributed():
+        return 0, 1
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _for_all_processes(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The network wrapped in DistributedDataParallel under torchrun, else itself."""
+    if not _distributed():
+        return network
+    return torch.nn.parallel.DistributedDataParallel(
+        network, device_ids=[device.index] if device.type == "cuda" else None
+    )
 
 
 def _sum_across_processes(values: np.ndarray, device: torch.device) -> np.ndarray:
