@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -114,6 +116,26 @@ def test_features_are_the_segmentation_head_input(model, photo) -> None:
     coarse = predict_probabilities(model, image, return_features=True, feature_stride=4).features
     expected = F.avg_pool2d(torch.from_numpy(full.features)[None], 4)[0].numpy()
     np.testing.assert_allclose(coarse, expected, atol=1e-5)
+
+
+def test_features_ignore_forward_passes_of_other_threads(photo) -> None:
+    class BusyNet(PointwiseNet):
+        """Runs another thread's forward pass through itself between its head and its return."""
+
+        interrupt = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = super().forward(x)
+            if self.interrupt:
+                self.interrupt = False
+                other = threading.Thread(target=lambda: self(torch.zeros(1, 3, 32, 32)))
+                other.start()
+                other.join()
+            return logits
+
+    expected = predict_probabilities(PointwiseNet(), photo, return_features=True).features
+    features = predict_probabilities(BusyNet(), photo, return_features=True).features
+    np.testing.assert_allclose(features, expected, atol=1e-6)
 
 
 def test_volume_features_keep_every_slice(model) -> None:

@@ -14,6 +14,7 @@ forward hook. They are average-pooled by ``feature_stride`` in-plane (default 4:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -183,7 +184,13 @@ def _segmentation_head_inputs(model: torch.nn.Module, active: bool) -> Iterator[
     if head is None:
         raise ValueError(f"{type(model).__name__} has no segmentation_head to take features from")
     captured: list[torch.Tensor] = []
-    handle = head.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0]))
+    caller = threading.get_ident()
+
+    def capture(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if threading.get_ident() == caller:  # another thread's forward pass through the same network
+            captured.append(inputs[0])
+
+    handle = head.register_forward_pre_hook(capture)
     try:
         yield captured
     finally:
