@@ -107,9 +107,14 @@ class PublishReport:
         return nothing_written and not self.model_version_changed
 
 
-def pool_query() -> str:
-    """The task-list query for the unlabelled pool, in a stable order so that paging is repeatable."""
-    return json.dumps({"filters": QUEUE_VIEW_DATA["filters"], "ordering": ["tasks:id"]})
+def pool_query(task_ids: Sequence[int] | None = None) -> str:
+    """The task-list query for the unlabelled pool, in a stable order so that paging is repeatable; with
+    ``task_ids``, only the id range they span (new tasks have consecutive ids, so a few pages at most)."""
+    items = [UNLABELLED_FILTER]
+    if task_ids:
+        span = {"min": min(task_ids), "max": max(task_ids)}
+        items.append({"filter": "filter:tasks:id", "operator": "in", "type": "Number", "value": span})
+    return json.dumps({"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]})
 
 
 def iter_pool_tasks(
@@ -125,7 +130,7 @@ def iter_pool_tasks(
     while total is None or seen < total:
         response = client.tasks.list(
             project=project_id,
-            query=pool_query(),
+            query=pool_query(task_ids),
             fields="all",  # predictions_model_versions is only filled in with "all"
             include="id,data,predictions_model_versions",
             page=page,
@@ -470,7 +475,8 @@ def stored_statistics(
 ) -> dict[str, Any]:
     """The pool statistics payload for ProjectState: the pool's totals (what predict turns into class
     weights) plus per-image statistics under "images", keyed by task id, so that an image's share can later
-    be added or removed without a forward pass. Images already stored and not rescored are kept."""
+    be added or removed without a forward pass. ``previous`` (the stored payload) is given when only new
+    tasks were scored: its images are kept; a full run describes exactly the pool it scored."""
     images = dict((previous or {}).get("images") or {})
     images.update({str(task_id): stats.to_dict() for task_id, stats in scores.statistics.items()})
     return {**pool.to_dict(), "images": images}
@@ -530,7 +536,8 @@ def reprioritize(
 
     started = time.perf_counter()
     if totals is not None:
-        state.write_pool_statistics(stored_statistics(totals, scores, previous_payload), served.version)
+        kept = previous_payload if task_ids is not None else None
+        state.write_pool_statistics(stored_statistics(totals, scores, kept), served.version)
     published = publish_queue(client, project_id, pool, entries, served.version, progress=progress)
     label_studio_s += time.perf_counter() - started
     return ReprioritizeReport(

@@ -8,6 +8,7 @@ so that the tests can assert both the outcome and the number of writes.
 from __future__ import annotations
 
 import itertools
+import json
 from types import SimpleNamespace
 
 import httpx
@@ -267,6 +268,21 @@ def test_pool_is_read_in_pages_without_asking_past_the_last_one() -> None:
     tasks = list(iter_pool_tasks(client, 7, page_size=3))
     assert [task.id for task in tasks] == [1, 2, 4, 5, 6, 7]
     assert client.calls == ["GET tasks"] * 2  # 6 tasks in pages of 3; no third request for a 404
+
+
+def test_pool_query_asks_for_unlabelled_tasks_in_id_order_and_narrows_to_new_tasks() -> None:
+    from adapters.queue import pool_query
+
+    everything = json.loads(pool_query())
+    assert everything["ordering"] == ["tasks:id"]
+    assert everything["filters"] == QUEUE_VIEW_DATA["filters"]
+    new_ones = json.loads(pool_query([41, 44, 42]))["filters"]["items"]
+    assert new_ones[1] == {
+        "filter": "filter:tasks:id",
+        "operator": "in",
+        "type": "Number",
+        "value": {"min": 41, "max": 44},
+    }
 
 
 def test_pool_can_be_restricted_to_given_tasks_and_reports_prediction_versions() -> None:
@@ -605,6 +621,10 @@ def test_new_tasks_are_scored_against_the_stored_pool_weights_without_changing_t
         key: before[key] for key in ("predicted", "confident")
     }
     assert set(after["images"]) == {"1", "2", "3", "4", "5"}
+    # a full run describes exactly the pool it scored: an annotated image leaves the stored statistics
+    client.annotated = {1}
+    reprioritize(client, runtime, 7)
+    assert set(state.pool_statistics()["statistics"]["images"]) == {"2", "3", "4", "5"}
 
 
 # -- the background updater -------------------------------------------------------------------------------
