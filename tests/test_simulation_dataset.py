@@ -251,7 +251,7 @@ def test_synthetic_ct_is_deterministic_and_holds_every_class():
         assert (3 in present) == (index % 2 == 0)
     counts = first.class_pixel_counts()
     assert counts[0] / counts.sum() > 0.9  # background dominates, as in KiTS
-    assert counts[1] > counts[2] > counts[3] > 0
+    assert counts[3] < min(counts[1], counts[2])  # the cyst is the rarest class
     # the kidney enhances: it is brighter than the soft tissue (neither air nor bone) around it
     hounsfield, mask = first.samples[0].image[..., 0], first.samples[0].mask
     soft_tissue = (mask == 0) & (hounsfield > -500) & (hounsfield < 250)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -123,3 +124,11 @@ def test_write_report_writes_every_file_with_one_row_per_strategy_seed_and_cycle
 
     with Image.open(tmp_path / "curve.png") as curve:
         assert curve.size[0] > 400 and curve.size[1] > 300
+
+
+def test_summary_refuses_a_95_percent_target_when_the_reference_learned_nothing():
+    results = _results()
+    results.records = [replace(r, score=0.0) if r.strategy == "full" else r for r in results.records]
+    summary = summary_markdown(results)
+    assert "the model did not learn the task even with every label" in summary
+    assert "| decomp | 2 | 3.00% | 0.7100 ± 0.0100 | - | - |" in summary

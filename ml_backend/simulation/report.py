@@ -241,15 +241,22 @@ def _mean_std(values: np.ndarray, digits: int) -> str:
 
 def summary_markdown(results: SimulationResults) -> str:
     full = results.full_score()
-    target = None if full is None else TARGET_FRACTION * full
     metric = results.metric
     lines = [f"# Simulation summary ({metric})", ""]
+    target = None
     if full is None:
         lines += [
             "No full-annotation reference was run (add `--strategy full`), so the 95% target is unknown.",
             "",
         ]
+    elif not full > 0:
+        lines += [
+            f"The full-annotation reference scored {metric} {full:.4f}: the model did not learn the task "
+            "even with every label, so a 95% target means nothing. Train longer (--epochs) before comparing.",
+            "",
+        ]
     else:
+        target = TARGET_FRACTION * full
         lines += [f"Full annotation: {metric} {full:.4f}; 95% of it: {target:.4f}.", ""]
 
     lines += [

@@ -1,11 +1,13 @@
 """A procedurally generated 3-D set that looks like abdominal CT with kidney lesions (KiTS-like).
 
 Each volume is an axial stack (axis 0 = slices) in Hounsfield units (int16): air around an elliptical body of
-soft tissue, a bright vertebra, and two kidneys. One kidney carries a tumour; about half the volumes also
-carry a cyst. Intensities, sizes, positions, noise and contrast vary per volume the way scanners and patients
-do, and, as in KiTS, background holds well over 90% of the voxels. The hard cases are deliberate: the
-tumour enhances less than the kidney around it and the cyst is close to soft tissue, so both classes are
-rare and confusable, which is what class-wise confidence should pick up.
+soft tissue, a bright vertebra, and two kidneys wrapped in perirenal fat. One kidney carries a tumour; every
+other volume also carries a cyst. Intensities, sizes, positions, noise and contrast vary per volume the way
+scanners and patients do, and, as in KiTS, background holds over 95% of the voxels. The hard cases are
+deliberate: the tumour enhances less than the kidney it grows from, and the cyst (water, 0-15 HU) is the
+rarest class and sits close to soft tissue (40 HU) in intensity, which is what class-wise confidence
+should pick up. Lesions are larger than most in KiTS so that a model trained for minutes on a CPU learns
+them at all.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from scipy import ndimage
 from ml_backend.simulation.dataset import Sample, SegmentationDataset
 
 CT_CLASSES = ("background", "kidney", "tumour", "cyst")
-_AIR_HU, _TISSUE_HU, _BONE_HU = -1000.0, 40.0, 450.0
+_AIR_HU, _FAT_HU, _TISSUE_HU, _BONE_HU = -1000.0, -90.0, 40.0, 450.0
 
 
 def _ellipsoid(grid: tuple[np.ndarray, ...], centre, semi_axes, angle: float = 0.0) -> np.ndarray:
@@ -49,29 +51,33 @@ def ct_volume(stem: str, shape: tuple[int, int, int], rng: np.random.Generator, 
     for side in (-1, 1):
         centre = scale * (rng.uniform(0.4, 0.6), rng.uniform(0.55, 0.65), 0.5 + side * rng.uniform(0.2, 0.26))
         semi_axes = scale * (rng.uniform(0.22, 0.32), rng.uniform(0.09, 0.12), rng.uniform(0.06, 0.08))
-        kidneys |= _ellipsoid(grid, centre, semi_axes, angle=side * rng.uniform(0.2, 0.6))
+        angle = side * rng.uniform(0.2, 0.6)
+        # Perirenal fat wraps each kidney, as in real abdomens: the organ's rim shows against it.
+        image[_ellipsoid(grid, centre, semi_axes + 3, angle) & body] = _FAT_HU
+        kidneys |= _ellipsoid(grid, centre, semi_axes, angle)
     image[kidneys] = kidney_hu
     labels[kidneys] = 1
 
     tumour = _ellipsoid(
         grid,
         _point_on_surface(kidneys, rng),
-        rng.uniform(0.1, 0.18) * scale.min() * np.array([1.6, 1.0, 1.0]),
+        rng.uniform(0.18, 0.28) * scale.min() * np.array([1.4, 1.0, 1.0]),
     )
+    # Hypo-enhancing and heterogeneous: a smoothed-noise texture of about +-15 HU.
     texture = ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.5)
-    image[tumour] = (kidney_hu - rng.uniform(40, 90) + 60 * texture)[tumour]
+    image[tumour] = (kidney_hu - rng.uniform(70, 110) + 200 * texture)[tumour]
     labels[tumour] = 2
 
     if with_cyst:
         cyst = _ellipsoid(
-            grid, _point_on_surface(kidneys, rng), rng.uniform(0.08, 0.12) * scale.min() * np.ones(3)
+            grid, _point_on_surface(kidneys, rng), rng.uniform(0.14, 0.2) * scale.min() * np.ones(3)
         )
         cyst &= ~tumour
-        image[cyst] = rng.uniform(0, 20)
+        image[cyst] = rng.uniform(0, 15)  # water-like and homogeneous
         labels[cyst] = 3
 
     image = ndimage.gaussian_filter(image, 0.8)  # partial-volume blur at every boundary
-    image += rng.normal(0, rng.uniform(12, 30), shape) + rng.uniform(-25, 25)
+    image += rng.normal(0, rng.uniform(8, 20), shape) + rng.uniform(-25, 25)
     hounsfield = np.clip(np.round(image), -1024, 3071).astype(np.int16)
     return Sample(stem, hounsfield[..., None], labels)
 
