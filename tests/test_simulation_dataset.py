@@ -256,3 +256,10 @@ def test_synthetic_ct_is_deterministic_and_holds_every_class():
     hounsfield, mask = first.samples[0].image[..., 0], first.samples[0].mask
     soft_tissue = (mask == 0) & (hounsfield > -500) & (hounsfield < 250)
     assert hounsfield[mask == 1].mean() > hounsfield[soft_tissue].mean() + 50
+
+
+def test_written_dataset_folder_gets_the_usual_permissions(tmp_path):
+    dataset = SegmentationDataset((Sample("a", _rgb(), _mask()),), ("a", "b", "c"))
+    root = write_dataset(dataset, tmp_path / "data")
+    (tmp_path / "plain").mkdir()
+    assert root.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777

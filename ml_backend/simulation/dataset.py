@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -361,7 +361,9 @@ def write_dataset(dataset: SegmentationDataset, root: Path | str, volume_format:
             f"{root} already exists; choose a new folder so that nothing there is overwritten"
         )
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    # mkdir (not mkdtemp, which makes the folder private) so that the dataset gets the usual permissions.
+    staging = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
     try:
         (staging / "images").mkdir()
         (staging / "masks").mkdir()
