@@ -12,13 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from label_studio_sdk.converter.brush import mask2rle
 
 from adapters.queue import PRIORITY_FIELD, QUEUE_VIEW_TITLE, REGIONS_FIELD
 from ml_backend.cli import main
@@ -75,13 +73,6 @@ def cli(monkeypatch, label_studio, backend, capsys) -> Callable[..., tuple[int, 
     return run
 
 
-def _new_project(ls_client, label_studio, brush_label_config, image_folder, images, title) -> int:
-    project = ls_client.projects.create(title=title, label_config=brush_label_config(**DECOMP_SETTINGS))
-    folder, _ = image_folder(images)
-    label_studio.sync_local_storage(project.id, folder)
-    return project.id
-
-
 def _queue_view(ls_client, project_id: int):
     views = [
         view
@@ -110,11 +101,9 @@ def _tasks(ls_client, project_id: int) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def ordered_project(ls_client, label_studio, brush_label_config, image_folder, queue_images, backend):
+def ordered_project(ls_client, label_studio, image_project, queue_images, backend):
     """A project connected to the backend and reprioritised once through the command line."""
-    project_id = _new_project(
-        ls_client, label_studio, brush_label_config, image_folder, queue_images, "queue order"
-    )
+    project_id = image_project("queue order", queue_images, **DECOMP_SETTINGS)[0].id
     with pytest.MonkeyPatch.context() as patch:
         _command_line_env(patch, label_studio, backend)
         assert main(["connect", "--project", str(project_id), "--backend-url", backend.url]) == 0
@@ -185,45 +174,6 @@ def test_connect_twice_reuses_the_connection(cli, ls_client, ordered_project, ba
 # -- the loop: annotate, train, reorder --------------------------------------------------------------------
 
 
-def _box(item: dict) -> tuple[slice, slice]:
-    height, width = item["original_height"], item["original_width"]
-    value = item["value"]
-    top, left = round(value["y"] * height / 100), round(value["x"] * width / 100)
-    bottom, right = (
-        round((value["y"] + value["height"]) * height / 100),
-        round((value["x"] + value["width"]) * width / 100),
-    )
-    return slice(top, bottom), slice(left, right)
-
-
-def _paint_inside_proposals(prediction) -> list[dict]:
-    """The proposals kept, and the first class painted over the left half of every proposal."""
-    proposals = [item for item in prediction.result if item["from_name"] == "decomp_regions"]
-    height, width = proposals[0]["original_height"], proposals[0]["original_width"]
-    painted = np.zeros((height, width), np.uint8)
-    for item in proposals:
-        rows, cols = _box(item)
-        painted[rows, cols.start : (cols.start + cols.stop) // 2] = 255
-    kept = [
-        {
-            key: item[key]
-            for key in ("id", "from_name", "to_name", "type", "original_width", "original_height", "value")
-        }
-        for item in proposals
-    ]
-    stroke = {
-        "id": uuid.uuid4().hex[:10],
-        "from_name": "tag",
-        "to_name": "image",
-        "type": "brushlabels",
-        "original_width": width,
-        "original_height": height,
-        "image_rotation": 0,
-        "value": {"format": "rle", "rle": mask2rle(painted), "brushlabels": ["Tumor"]},
-    }
-    return [*kept, stroke]
-
-
 def _require_queue_updater(backend) -> None:
     """The served app must run the adapter's QueueUpdater (it answers TASKS_CREATED); say so plainly
     instead of timing out below."""
@@ -238,12 +188,10 @@ def _require_queue_updater(backend) -> None:
 
 
 def test_an_annotation_in_the_proposals_retrains_and_the_backend_reorders_the_queue(
-    cli, ls_client, label_studio, brush_label_config, image_folder, queue_images, backend
+    cli, ls_client, label_studio, image_project, annotate_inside_proposals, queue_images, backend
 ) -> None:
     _require_queue_updater(backend)
-    project_id = _new_project(
-        ls_client, label_studio, brush_label_config, image_folder, queue_images[:4], "loop"
-    )
+    project_id = image_project("loop", queue_images[:4], **DECOMP_SETTINGS)[0].id
     assert cli("connect", "--project", project_id, "--backend-url", backend.url)[0] == 0
     assert cli("reprioritize", "--project", project_id, "--model-dir", backend.model_dir)[0] == 0
     first_version = ls_client.projects.get(project_id).model_version
@@ -254,7 +202,7 @@ def test_an_annotation_in_the_proposals_retrains_and_the_backend_reorders_the_qu
     ]
 
     started = time.monotonic()
-    ls_client.annotations.create(id=top["id"], result=_paint_inside_proposals(prediction))
+    ls_client.annotations.create(id=top["id"], result=annotate_inside_proposals(prediction, "Tumor"))
     while ls_client.projects.get(project_id).model_version == first_version:
         assert time.monotonic() - started < LOOP_TIMEOUT_S, "the queue did not follow a new model in time"
         time.sleep(1.0)
@@ -293,15 +241,12 @@ def test_backend_down_fails_and_leaves_the_project_untouched(
     cli,
     ls_client,
     label_studio,
-    brush_label_config,
-    image_folder,
+    image_project,
     queue_images,
     start_backend,
     tmp_path_factory,
 ) -> None:
-    project_id = _new_project(
-        ls_client, label_studio, brush_label_config, image_folder, queue_images[:2], "down"
-    )
+    project_id = image_project("down", queue_images[:2], **DECOMP_SETTINGS)[0].id
 
     code, _, err = cli("connect", "--project", project_id, "--backend-url", "http://127.0.0.1:9")
     assert code == 1 and "cannot reach the backend" in err and "How to fix" in err
