@@ -92,6 +92,9 @@ class QueueEntry:
 
 @dataclass
 class PublishReport:
+    """What :func:`publish_queue` wrote: the tab's id, how many of ``tasks`` entries changed which part,
+    whether ``project.model_version`` moved, and the tasks skipped because they left the pool meanwhile."""
+
     view_id: int
     tasks: int
     data_updated: int = 0
