@@ -53,6 +53,7 @@ def test_loads_2d_pngs_with_classes_file(tmp_path):
     assert dataset.class_names == ("background", "cat", "dog")
     assert dataset.ndim == 2 and dataset.channels == 3
     assert dataset.samples[0].image.dtype == np.uint8
+    assert dataset.samples[0].image.flags.writeable and dataset.samples[0].mask.flags.writeable
     np.testing.assert_array_equal(dataset.samples[0].image, _rgb())
     np.testing.assert_array_equal(dataset.samples[0].mask, _mask())
     # 80 pixels per image, one ignored: classes 0, 1, 2 take turns over the other 79

@@ -147,7 +147,7 @@ def read_image(path: Path) -> np.ndarray:
             picture = picture.convert("RGBA" if "transparency" in picture.info else "RGB")
         elif picture.mode == "1":
             picture = picture.convert("L")
-        array = np.asarray(picture)
+        array = np.array(picture)  # a writable copy: np.asarray of a PIL image is read-only
     return array[..., None] if array.ndim == 2 else array
 
 
@@ -162,7 +162,7 @@ def read_mask(path: Path) -> np.ndarray:
                 f"is a {len(bands)}-band picture (mode {picture.mode}); a mask must hold one band of class "
                 "indices (grayscale or palette PNG)"
             )
-        return np.asarray(picture)
+        return np.array(picture)
 
 
 def as_class_indices(mask: np.ndarray) -> np.ndarray:
