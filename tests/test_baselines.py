@@ -124,7 +124,7 @@ def test_box_means_equal_the_mean_over_each_clipped_box(spatial_shape, sides):
         assert means[seed] == pytest.approx(values[box].mean(), rel=1e-5)
 
 
-def test_greedy_regions_matches_a_naive_argmax_greedy_over_many_chunks():
+def test_greedy_regions_matches_a_naive_argmax_greedy_over_many_tiles():
     rng = np.random.default_rng(1)
     image = scored(np.moveaxis(rng.dirichlet(np.ones(3), size=(100, 100)), -1, 0))
     scores = rng.random((100, 100)).astype(np.float32)
@@ -137,7 +137,7 @@ def test_greedy_regions_matches_a_naive_argmax_greedy_over_many_chunks():
         seed = np.unravel_index(np.argmax(np.where(clear, scores, -1.0)), clear.shape)
         naive.append(tuple(int(i) for i in seed))
         shape.block(clear, *shape.region_at(seed))
-    assert len(naive) > 70, "the test must walk past several chunks of the lazy order"
+    assert len(naive) > 70, "the test must walk past several tiles of the lazy bounds"
     assert [region.seed for region in fast] == naive[:80]
 
 

@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from ml_backend.strategies.base import ScoredImage, summarize_probabilities
 from ml_backend.strategies.decomp import DecompImagePriority, DecompSampler, image_priority
+from ml_backend.strategies.seeds import BestClearSeeds
 from ml_backend.strategies.shapes import BoxRegions, SuperpixelRegions
 from ml_backend.strategies.stats import PoolStatistics
 
@@ -338,3 +339,114 @@ def test_bad_sampler_input_is_refused():
         DecompSampler(np.ones(2) / 2).select(scored(np.zeros((3, 3))), statistics=PoolStatistics.empty(3))
     with pytest.raises(ValueError, match="k \\(regions per image\\)"):
         DecompSampler(np.ones(2) / 2).select(scored(np.zeros((3, 3))), k=-1)
+
+
+# the best-first seed walker DECOMP shares with the greedy baselines
+
+
+def brute_force_walk(scores, clear, groups, picks, shape) -> list:
+    """A full argmax (lowest flat index among ties) over the group's clear seeds at every step."""
+    served = []
+    for group in picks:
+        candidates = clear if groups is None else clear & (groups == group)
+        if not candidates.any():
+            served.append(None)
+            continue
+        seed = np.unravel_index(np.argmax(np.where(candidates, scores, -np.inf)), clear.shape)
+        served.append(tuple(int(i) for i in seed))
+        shape.block(clear, *shape.region_at(seed))
+    return served
+
+
+def walk(walker, clear, picks, shape) -> list:
+    served = []
+    for group in picks:
+        seed = walker.next_clear(group)
+        served.append(seed)
+        if seed is not None:
+            shape.block(clear, *shape.region_at(seed))
+    return served
+
+
+@pytest.mark.parametrize(
+    ("spatial", "side", "tile_pixels", "grouped"),
+    [
+        ((37, 29), 5, 64, True),
+        ((37, 29), 3, 7, False),
+        ((60, 64), 9, 4096, True),
+        ((11, 13, 9), 3, 50, True),
+        ((11, 13, 9), 4, 16, False),
+    ],
+)
+@pytest.mark.parametrize("scores_kind", ["smooth", "ties"])
+def test_best_clear_seeds_match_an_argmax_at_every_step(spatial, side, tile_pixels, grouped, scores_kind):
+    """Random 2-D and 3-D inputs, tiles cut across rows, groups drawn until they run dry; "ties" scores
+    take four values in float16, so most picks are decided by the lowest flat index."""
+    rng = np.random.default_rng(sum(spatial) + side)
+    if scores_kind == "smooth":
+        scores = ndimage.gaussian_filter(rng.random(spatial), 2).astype(np.float32)
+    else:
+        scores = rng.integers(0, 4, spatial).astype(np.float16)
+    groups = rng.integers(0, 3, spatial).astype(np.uint8) if grouped else None
+    image = scored(np.zeros(spatial), labelled=rng.random(spatial) > 0.97)
+    shape = BoxRegions(side)
+    shape.prepare(image)
+    clear = np.ascontiguousarray(shape.clear_seeds(~image.available()))
+    picks = rng.integers(0, 3 if grouped else 1, 400).tolist()
+    walker = BestClearSeeds(scores, clear, groups, 3 if grouped else 1, tile_pixels=tile_pixels)
+    expected = brute_force_walk(scores, clear.copy(), groups, picks, shape)
+    assert walk(walker, clear, picks, shape) == expected
+    assert expected[-1] is None and len(expected) - expected.count(None) > 10, "many picks, then run dry"
+
+
+def test_best_clear_seeds_break_ties_by_flat_index_across_tiles():
+    # Every score equal, tiles of 5 pixels on rows of 6: each pick is the first clear pixel in C order.
+    clear = np.ones((4, 6), bool)
+    walker = BestClearSeeds(np.ones((4, 6), np.float32), clear, tile_pixels=5)
+    served = []
+    for _ in range(5):
+        seed = walker.next_clear()
+        served.append(seed)
+        clear[seed] = False
+        clear[seed[0], (seed[1] + 1) % 6] = False
+    assert served == [(0, 0), (0, 2), (0, 4), (1, 0), (1, 2)]
+
+
+def test_best_clear_seeds_skip_minus_infinity_and_other_groups():
+    scores = np.array([[0.2, -np.inf, 0.9], [0.5, 0.7, 0.1]], np.float32)
+    groups = np.array([[0, 0, 1], [1, 0, 0]], np.uint8)
+    clear = np.ones((2, 3), bool)
+    clear[1, 1] = False
+    walker = BestClearSeeds(scores, clear, groups, 2, tile_pixels=2)
+    assert walker.next_clear(0) == (0, 0)
+    clear[0, 0] = False
+    assert walker.next_clear(0) == (1, 2)
+    clear[1, 2] = False
+    assert walker.next_clear(0) is None, "a seed scored -inf is never served"
+    assert walker.next_clear(1) == (0, 2)
+
+
+def test_best_clear_seeds_read_integer_and_float64_scores_exactly():
+    scores = np.array([[3, 9, 9], [2**40, 2**40 + 1, 5]], np.int64)
+    assert BestClearSeeds(scores, np.ones((2, 3), bool)).next_clear() == (1, 1)
+    close = np.array([1.0, 1.0 + 2**-40, 1.0])
+    assert BestClearSeeds(close, np.ones(3, bool), tile_pixels=1).next_clear() == (1,)
+
+
+def test_best_clear_seeds_refuse_bad_input():
+    clear = np.ones((4, 4), bool)
+    scores = np.zeros((4, 4), np.float32)
+    with pytest.raises(ValueError, match="C-contiguous boolean mask"):
+        BestClearSeeds(scores, np.asfortranarray(np.ones((4, 5), bool))[:, :4])
+    with pytest.raises(ValueError, match="C-contiguous boolean mask"):
+        BestClearSeeds(scores, clear.astype(np.uint8))
+    with pytest.raises(ValueError, match="must share one spatial shape"):
+        BestClearSeeds(scores[:3], clear)
+    with pytest.raises(ValueError, match=r"groups range over 0 \.\. 4, outside the 3 groups"):
+        BestClearSeeds(scores, clear, np.arange(16).reshape(4, 4) % 5, 3)
+    with pytest.raises(ValueError, match="NaN"):
+        BestClearSeeds(np.full((4, 4), np.nan), clear)
+    with pytest.raises(ValueError, match="num_groups must be 1 without groups"):
+        BestClearSeeds(scores, clear, num_groups=2)
+    with pytest.raises(ValueError, match=r"group 2 is outside 0 \.\. 1"):
+        BestClearSeeds(scores, clear, np.zeros((4, 4), np.uint8), 2).next_clear(2)

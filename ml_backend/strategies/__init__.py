@@ -29,6 +29,7 @@ from ml_backend.strategies.decomp import (
     DecompSampler,
     image_priority,
 )
+from ml_backend.strategies.seeds import BestClearSeeds
 from ml_backend.strategies.shapes import BoxRegions, SuperpixelRegions
 from ml_backend.strategies.stats import DEFAULT_TAU, PoolStatistics, weights_from_rates
 
@@ -47,6 +48,7 @@ __all__ = [
     "pixel_entropy",
     "DEFAULT_REGIONS_PER_IMAGE",
     "DEFAULT_TAU",
+    "BestClearSeeds",
     "BoxRegions",
     "DecompImagePriority",
     "DecompSampler",

@@ -28,6 +28,7 @@ from .diversity import (
     l2_normalise,
     pool_under_regions,
 )
+from .seeds import BestClearSeeds
 from .shapes import BoxRegions, SuperpixelRegions
 
 DEFAULT_POOL_FACTOR = 3
@@ -118,51 +119,6 @@ def _require_probabilities(image: ScoredImage, strategy: str) -> np.ndarray:
     return image.probabilities
 
 
-class _BestClearFirst:
-    """Candidate seeds (flat indices) served highest score first, skipping those no longer clear.
-
-    A few dozen regions rarely need more than the head of the order, so instead of sorting every pixel
-    it sorts growing chunks cut with argpartition (every seed tied with the cut goes in, so ties always
-    go to the lower flat index). The chunk still to be served is re-filtered against ``clear`` in one
-    vectorised pass per pick, because the best seeds of a smooth score map crowd around the region just
-    chosen and are blocked together.
-    """
-
-    first_chunk = 1024
-
-    def __init__(self, seeds: np.ndarray, scores: np.ndarray) -> None:
-        self._rest = seeds
-        self._scores = scores
-        self._queue = seeds[:0]
-        self._chunk = self.first_chunk
-
-    def next_clear(self, clear: np.ndarray) -> int | None:
-        while True:
-            still_clear = clear[self._queue]
-            if still_clear.any():
-                first = int(still_clear.argmax())
-                seed = int(self._queue[first])
-                self._queue = self._queue[first + 1 :]
-                return seed
-            if not self._refill(clear):
-                return None
-
-    def _refill(self, clear: np.ndarray) -> bool:
-        rest = self._rest[clear[self._rest]]
-        if rest.size == 0:
-            return False
-        scores = self._scores[rest]
-        if self._chunk < rest.size:
-            in_chunk = scores >= np.partition(scores, rest.size - self._chunk)[rest.size - self._chunk]
-        else:
-            in_chunk = np.ones(rest.size, dtype=bool)
-        head = rest[in_chunk]
-        self._queue = head[np.lexsort((head, -scores[in_chunk]))]
-        self._rest = rest[~in_chunk]
-        self._chunk *= 4
-        return True
-
-
 def greedy_regions(
     shape: RegionShape, image: ScoredImage, seed_scores: np.ndarray, k: int
 ) -> list[Region]:
@@ -170,22 +126,18 @@ def greedy_regions(
     labelled and ignored pixels and from the regions before it. ``shape`` must be prepared."""
     if k == 0:
         return []
-    # Blocking writes into ``clear``; ``clear_flat`` must be a view of it, hence contiguous.
+    # Blocking writes into ``clear`` while the walk reads it through a flat view: it must be contiguous.
     clear = np.ascontiguousarray(shape.clear_seeds(~image.available()))
-    clear_flat = clear.reshape(-1)
-    scores_flat = np.ascontiguousarray(seed_scores).reshape(-1)
-    best_first = _BestClearFirst(np.flatnonzero(clear_flat), scores_flat)
+    best_first = BestClearSeeds(seed_scores, clear)
     regions: list[Region] = []
     while len(regions) < k:
-        flat_seed = best_first.next_clear(clear_flat)
-        if flat_seed is None:
+        seed = best_first.next_clear()
+        if seed is None:
             break
-        seed = tuple(int(i) for i in np.unravel_index(flat_seed, clear.shape))
         bbox, mask = shape.region_at(seed)
         shape.block(clear, bbox, mask)
-        regions.append(
-            Region(mask, bbox, seed, None, float(image.confidence[seed]), float(scores_flat[flat_seed]))
-        )
+        confidence, score = float(image.confidence[seed]), float(seed_scores[seed])
+        regions.append(Region(mask, bbox, seed, None, confidence, score))
     return regions
 
 

@@ -9,12 +9,12 @@ a uniformly random one. Paper: arXiv:2512.07606; reference code: github.com/Jing
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import numpy as np
 
 from ml_backend.strategies.base import Region, RegionShape, ScoredImage
+from ml_backend.strategies.seeds import BestClearSeeds
 from ml_backend.strategies.shapes import BoxRegions
 from ml_backend.strategies.stats import DEFAULT_RATE_DECIMALS, PoolStatistics
 
@@ -105,97 +105,30 @@ class _ClassLottery:
             self._enter_fallback()
 
 
-class _MostConfidentSeeds:
-    """The most confident clear seed of a class, found through lazily updated per-tile maxima.
-
-    The image is cut into tiles of about ``tile_pixels`` pixels, and each (class, tile) keeps an upper
-    bound on the confidence of the tile's best clear seed of that class: exact when computed, and
-    blocking seeds can only lower the truth. A draw recomputes the class's tile with the highest bound:
-    if the bound still holds, that tile's best seed is the best of the image; if not, the bound is
-    lowered and the next tile is tried. So all classes cost one pass over the image together, then each
-    draw costs in proportion to the tiles the chosen regions touched, even when a class's most confident
-    pixels sit in one blob that its first region blocks. Ties go to the first tile, then the first
-    pixel, in C order.
-    """
-
-    tile_pixels = 4096
-
-    def __init__(self, labels: np.ndarray, confidence: np.ndarray, clear: np.ndarray, num_classes: int):
-        self._labels = labels
-        self._confidence = confidence
-        side = max(1, round(self.tile_pixels ** (1 / labels.ndim)))
-        self._tile = (side,) * labels.ndim
-        self._grid = tuple(-(-n // side) for n in labels.shape)
-        self._bounds = self._initial_bounds(clear, num_classes)
-
-    def _initial_bounds(self, clear: np.ndarray, num_classes: int) -> np.ndarray:
-        """Per (class, tile): the best confidence among the tile's clear seeds of the class, -1 if none.
-
-        One scatter-max over the pixels, slab by slab along the first axis so that the keys stay small.
-        """
-        side = self._tile[0]
-        tiles = math.prod(self._grid)
-        tiles_per_slab = tiles // self._grid[0]
-        slab_shape = (side, *self._labels.shape[1:])
-        tile_in_slab = np.zeros(slab_shape, dtype=np.intp)
-        for axis in range(1, self._labels.ndim):
-            stride = math.prod(self._grid[axis + 1 :])
-            along = np.arange(slab_shape[axis]) // side * stride
-            tile_in_slab += along.reshape([-1 if a == axis else 1 for a in range(self._labels.ndim)])
-        bounds = np.full(num_classes * tiles + 1, -1.0, dtype=np.float32)
-        unclear_bin = num_classes * tiles
-        for slab, first in enumerate(range(0, self._labels.shape[0], side)):
-            rows = slice(first, first + side)
-            keys = self._labels[rows].astype(np.intp) * tiles
-            keys += tile_in_slab[: keys.shape[0]] + slab * tiles_per_slab
-            keys[~clear[rows]] = unclear_bin
-            np.maximum.at(bounds, keys.reshape(-1), self._confidence[rows].reshape(-1))
-        return bounds[:unclear_bin].reshape(num_classes, tiles)
-
-    def next_clear(
-        self, class_index: int, clear: np.ndarray, rng: np.random.Generator
-    ) -> tuple[int, ...] | None:
-        bounds = self._bounds[class_index]
-        while True:
-            tile = int(bounds.argmax())
-            bound = bounds[tile]
-            if bound < 0:
-                return None
-            corner = [int(i) * t for i, t in zip(np.unravel_index(tile, self._grid), self._tile, strict=True)]
-            box = tuple(slice(c, c + t) for c, t in zip(corner, self._tile, strict=True))
-            candidate = (self._labels[box] == class_index) & clear[box]
-            scores = np.where(candidate, self._confidence[box], -1).astype(np.float32, copy=False)
-            best = int(scores.argmax())
-            if scores.flat[best] == bound:
-                inside = np.unravel_index(best, scores.shape)
-                return tuple(c + int(i) for c, i in zip(corner, inside, strict=True))
-            bounds[tile] = scores.flat[best]
-
-
 class _UniformSeeds:
     """A class's clear seeds, served uniformly at random among those still clear.
 
     Rejection sampling over a list of the class's seeds, built when the class is first drawn: a draw
     that lands on a blocked seed compacts the list once, after which every draw lands on a clear one,
-    so a pick costs O(1) until regions start to crowd the class.
+    so a pick costs O(1) until regions start to crowd the class. ``clear`` is read live, as the regions
+    chosen block it.
     """
 
-    def __init__(self, labels: np.ndarray) -> None:
+    def __init__(self, labels: np.ndarray, clear: np.ndarray, rng: np.random.Generator) -> None:
         self._labels = labels
+        self._clear = clear.reshape(-1)
+        self._rng = rng
         self._seeds: dict[int, np.ndarray] = {}
 
-    def next_clear(
-        self, class_index: int, clear: np.ndarray, rng: np.random.Generator
-    ) -> tuple[int, ...] | None:
-        clear_flat = clear.reshape(-1)
+    def next_clear(self, class_index: int) -> tuple[int, ...] | None:
         if class_index not in self._seeds:
-            self._seeds[class_index] = np.flatnonzero((self._labels.reshape(-1) == class_index) & clear_flat)
+            self._seeds[class_index] = np.flatnonzero((self._labels.reshape(-1) == class_index) & self._clear)
         seeds = self._seeds[class_index]
         while seeds.size:
-            seed = seeds[rng.integers(seeds.size)]
-            if clear_flat[seed]:
+            seed = seeds[self._rng.integers(seeds.size)]
+            if self._clear[seed]:
                 return tuple(int(i) for i in np.unravel_index(seed, self._labels.shape))
-            seeds = self._seeds[class_index] = seeds[clear_flat[seeds]]
+            seeds = self._seeds[class_index] = seeds[self._clear[seeds]]
         return None
 
 
@@ -281,16 +214,16 @@ class DecompSampler:
         # Blocking writes into ``clear`` while the pickers read it through views: it must be contiguous.
         clear = np.ascontiguousarray(self.shape.clear_seeds(~image.available()))
         seeds = (
-            _MostConfidentSeeds(image.labels, image.confidence, clear, self.weights.size)
+            BestClearSeeds(image.confidence, clear, groups=image.labels, num_groups=self.weights.size)
             if self.center == "max_confidence"
-            else _UniformSeeds(image.labels)
+            else _UniformSeeds(image.labels, clear, rng)
         )
         regions: list[Region] = []
         while len(regions) < k:
             class_index = lottery.draw(rng)
             if class_index is None:
                 break
-            seed = seeds.next_clear(class_index, clear, rng)
+            seed = seeds.next_clear(class_index)
             if seed is None:
                 lottery.drop(class_index)
                 continue
