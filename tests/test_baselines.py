@@ -14,7 +14,6 @@ from ml_backend.strategies.baselines import (
     MeanEntropyPriority,
     RandomImagePriority,
     RandomRegions,
-    box_means,
     build_image_strategy,
     build_region_strategy,
     greedy_regions,
@@ -94,7 +93,7 @@ def patch_of(region, corners, side=4) -> int:
     return corners.index(top_left)
 
 
-# --- pixel entropy and region means --------------------------------------------------------------------
+# --- pixel entropy and the greedy walk -------------------------------------------------------------
 
 
 def test_pixel_entropy_known_values_in_float32_and_float16():
@@ -110,18 +109,6 @@ def test_pixel_entropy_rejects_nan_and_missing_class_axis():
         pixel_entropy(np.array([[0.5, np.nan], [0.5, 0.5]]))
     with pytest.raises(ValueError, match=r"\(C, \*spatial\)"):
         pixel_entropy(np.ones(4))
-
-
-@pytest.mark.parametrize(
-    "spatial_shape, sides", [((9, 11), (4, 4)), ((9, 11), (5, 3)), ((6, 7, 5), (3, 4, 2))]
-)
-def test_box_means_equal_the_mean_over_each_clipped_box(spatial_shape, sides):
-    values = np.random.default_rng(0).random(spatial_shape).astype(np.float32)
-    means = box_means(values, sides)
-    for seed in np.ndindex(*spatial_shape):
-        starts = [s - side // 2 for s, side in zip(seed, sides, strict=True)]
-        box = tuple(slice(max(0, start), start + side) for start, side in zip(starts, sides, strict=True))
-        assert means[seed] == pytest.approx(values[box].mean(), rel=1e-5)
 
 
 def test_greedy_regions_matches_a_naive_argmax_greedy_over_many_tiles():
@@ -305,8 +292,37 @@ def test_a_shape_without_a_fast_region_mean_is_refused():
         def prepare(self, image):
             pass
 
-    with pytest.raises(TypeError, match="supported shapes are BoxRegions and SuperpixelRegions"):
+    with pytest.raises(TypeError, match=r"shape needs region_means\(values\), as BoxRegions and Superpixel"):
         EntropyRegions(Cross()).select(scored(filled((8, 8), (0.5, 0.5))), 1, np.random.default_rng(0))
+
+
+def test_entropy_works_on_a_shape_the_baselines_have_never_heard_of():
+    class SinglePixels:
+        def prepare(self, image):
+            pass
+
+        def region_at(self, seed):
+            return tuple(slice(i, i + 1) for i in seed), np.ones((1,) * len(seed), dtype=bool)
+
+        def clear_seeds(self, forbidden):
+            return ~forbidden
+
+        def block(self, clear, bbox, mask):
+            clear[bbox] &= ~mask
+
+        def region_means(self, values):
+            return values.astype(np.float32)
+
+    probabilities = filled((6, 6), CONFIDENT)
+    probabilities[:, 2, 3] = 1 / 3
+    probabilities[:, 4, 1] = (0.5, 0.25, 0.25)
+    labelled = np.zeros((6, 6), dtype=bool)
+    labelled[2, 3] = True
+    regions = EntropyRegions(SinglePixels()).select(scored(probabilities), 2, np.random.default_rng(0))
+    assert [region.seed for region in regions] == [(2, 3), (4, 1)]
+    assert regions[0].score == pytest.approx(math.log(3), rel=1e-5)
+    regions = EntropyRegions(SinglePixels()).select(scored(probabilities, labelled=labelled), 1, None)
+    assert [region.seed for region in regions] == [(4, 1)]
 
 
 # --- registries ----------------------------------------------------------------------------------------

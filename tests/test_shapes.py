@@ -108,6 +108,45 @@ def test_box_block_with_a_partial_mask_blocks_only_seeds_whose_box_touches_it():
     assert clear[5, 8] and clear[8, 5] and not clear[4, 4] and not clear[9, 9]
 
 
+@pytest.mark.parametrize(
+    "spatial_shape, sides", [((9, 11), (4, 4)), ((9, 11), (5, 3)), ((6, 7, 5), (3, 4, 2))]
+)
+def test_box_region_means_equal_the_mean_over_each_clipped_box(spatial_shape, sides):
+    values = np.random.default_rng(0).random(spatial_shape).astype(np.float32)
+    shape = BoxRegions(side=sides)
+    shape.prepare(scored(spatial_shape))
+    means = shape.region_means(values)
+    assert means.dtype == np.float32
+    for seed in np.ndindex(*spatial_shape):
+        bbox, mask = shape.region_at(seed)
+        assert means[seed] == pytest.approx(values[bbox][mask].mean(), rel=1e-5)
+
+
+def test_superpixel_region_means_are_the_mean_over_each_superpixel():
+    pixels = np.zeros((32, 32), np.float32)
+    pixels[16:, :] = 1.0
+    pixels[:, 16:] += 2.0
+    labelled = np.zeros((32, 32), bool)
+    labelled[:3, :3] = True
+    shape = SuperpixelRegions(size=16, compactness=0.01)
+    shape.prepare(scored((32, 32), labelled=labelled, pixels=pixels))
+    values = np.random.default_rng(4).random((32, 32))
+    means = shape.region_means(values)
+    assert means.dtype == np.float32
+    for seed in [(5, 5), (20, 3), (3, 20), (31, 31)]:
+        bbox, mask = shape.region_at(seed)
+        assert means[seed] == pytest.approx(values[bbox][mask].mean(), rel=1e-5)
+        assert means[shape.segments == shape.segments[seed]] == pytest.approx(means[seed])
+
+
+@pytest.mark.parametrize("shape", [BoxRegions(3), SuperpixelRegions(4)], ids=repr)
+def test_region_means_refuse_values_of_another_shape(shape):
+    shape.prepare(scored((8, 8), probabilities=np.full((2, 8, 8), 0.5, np.float32)))
+    expected = r"one value per pixel of the prepared image \(8, 8\), got values of shape \(8, 9\)"
+    with pytest.raises(ValueError, match=expected):
+        shape.region_means(np.zeros((8, 9)))
+
+
 def test_box_rejects_bad_sides():
     with pytest.raises(ValueError, match="positive integer"):
         BoxRegions(side=0)

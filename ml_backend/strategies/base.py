@@ -196,6 +196,11 @@ class RegionShape(Protocol):
         """Update ``clear`` in place after a region (bbox, mask) was chosen: seeds whose region would
         now overlap it stop being clear. Must cost in proportion to the region, not the image."""
 
+    def region_means(self, values: np.ndarray) -> np.ndarray:
+        """For every seed, the mean of ``values`` (one per pixel of the prepared image) over the region
+        grown from it, as a float32 map: how strategies that score regions (mean entropy) rank every
+        seed at once. Must cost a few passes over the image, not one per seed."""
+
 
 class RegionStrategy(Protocol):
     """Chooses up to ``k`` disjoint regions inside one image."""

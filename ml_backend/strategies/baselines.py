@@ -29,7 +29,6 @@ from .diversity import (
     pool_under_regions,
 )
 from .seeds import BestClearSeeds
-from .shapes import BoxRegions, SuperpixelRegions
 
 DEFAULT_POOL_FACTOR = 3
 
@@ -55,48 +54,6 @@ def pixel_entropy(probabilities: np.ndarray) -> np.ndarray:
     if not np.isfinite(entropy).all():
         raise ValueError("probabilities contain NaN or infinite values")
     return entropy
-
-
-def box_means(values: np.ndarray, sides: tuple[int, ...]) -> np.ndarray:
-    """For every pixel, the mean of ``values`` over the box that ``BoxRegions`` grows from it (``sides[a]``
-    long on axis a, starting ``sides[a] // 2`` before the pixel, clipped to the array): float32.
-
-    A clipped box is a product of per-axis windows, so its mean is the per-axis window mean applied one
-    axis after another: one running-sum pass per axis (``scipy.ndimage.uniform_filter1d``, double
-    accumulators), whatever the box size.
-    """
-    from scipy.ndimage import uniform_filter1d
-
-    means = values.astype(np.float32)
-    for axis, side in enumerate(sides):
-        length = means.shape[axis]
-        starts = np.arange(length) - side // 2
-        covered = np.minimum(starts + side, length) - np.maximum(starts, 0)
-        means = uniform_filter1d(means, side, axis=axis, mode="constant", cval=0.0)
-        broadcast = [1] * means.ndim
-        broadcast[axis] = length
-        means *= (side / covered).astype(np.float32).reshape(broadcast)
-    return means
-
-
-def segment_means(values: np.ndarray, segments: np.ndarray) -> np.ndarray:
-    """For every pixel, the mean of ``values`` over its segment (``segments`` holds integer ids)."""
-    ids = segments.ravel()
-    totals = np.bincount(ids, weights=values.ravel())
-    sizes = np.bincount(ids)
-    return (totals / np.maximum(sizes, 1))[segments].astype(np.float32)
-
-
-def region_means(shape: RegionShape, values: np.ndarray) -> np.ndarray:
-    """For every seed, the mean of ``values`` over the region ``shape`` grows from it (shape prepared)."""
-    if isinstance(shape, BoxRegions):
-        return box_means(values, shape.sides_for(values.ndim))
-    if isinstance(shape, SuperpixelRegions):
-        return segment_means(values, shape.segments)
-    raise TypeError(
-        f"cannot score regions of shape {shape!r} for every seed at once: supported shapes are BoxRegions "
-        "and SuperpixelRegions"
-    )
 
 
 def _check_k(k: int) -> None:
@@ -159,19 +116,25 @@ class RandomRegions:
 
 
 class EntropyRegions:
-    """Entropy top-K, non-overlapping: region score = mean pixel entropy inside the region; the best
-    region first, then the best one still clear of it, and so on."""
+    """Entropy top-K, non-overlapping: region score = mean pixel entropy inside the region
+    (``RegionShape.region_means``); the best region first, then the best one still clear of it, and so
+    on."""
 
     name = "entropy"
 
     def __init__(self, shape: RegionShape):
+        if not callable(getattr(shape, "region_means", None)):
+            raise TypeError(
+                f"{type(self).__name__} ranks every seed by the mean entropy of its region, so its shape "
+                f"needs region_means(values), as BoxRegions and SuperpixelRegions have; {shape!r} has none"
+            )
         self.shape = shape
 
     def select(self, image: ScoredImage, k: int, rng: np.random.Generator) -> list[Region]:
         _check_k(k)
         probabilities = _require_probabilities(image, type(self).__name__)
         self.shape.prepare(image)
-        return greedy_regions(self.shape, image, region_means(self.shape, pixel_entropy(probabilities)), k)
+        return greedy_regions(self.shape, image, self.shape.region_means(pixel_entropy(probabilities)), k)
 
 
 class _EntropyPoolThenDiversity:

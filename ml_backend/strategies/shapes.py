@@ -44,6 +44,14 @@ def _any_in_window(mask: np.ndarray, side: int, axis: int) -> np.ndarray:
     return padded[_along(axis, slice(0, length), ndim)]
 
 
+def _check_values_shape(values: np.ndarray, spatial_shape: tuple[int, ...]) -> None:
+    if values.shape != tuple(spatial_shape):
+        raise ValueError(
+            f"region means need one value per pixel of the prepared image {tuple(spatial_shape)}, got "
+            f"values of shape {values.shape}"
+        )
+
+
 def seeds_touching(mask: np.ndarray, sides: Sequence[int]) -> np.ndarray:
     """Boolean map of the seeds whose box (``sides[a]`` long on axis ``a``, starting ``sides[a] // 2``
     before the seed, clipped to the array) contains at least one True pixel of ``mask``.
@@ -92,6 +100,27 @@ class BoxRegions:
         if self._spatial_shape is None:
             raise RuntimeError("BoxRegions.prepare(image) must be called before using the shape")
         return self._spatial_shape
+
+    def region_means(self, values: np.ndarray) -> np.ndarray:
+        """For every seed, the mean of ``values`` over its box (clipped to the image), as float32.
+
+        A clipped box is a product of per-axis windows, so its mean is the per-axis window mean applied
+        one axis after another: one running-sum pass per axis (``scipy.ndimage.uniform_filter1d``, double
+        accumulators), whatever the box size.
+        """
+        from scipy.ndimage import uniform_filter1d
+
+        _check_values_shape(values, self._require_prepared())
+        means = values.astype(np.float32)
+        for axis, side in enumerate(self._active_sides):
+            length = means.shape[axis]
+            starts = np.arange(length) - side // 2
+            covered = np.minimum(starts + side, length) - np.maximum(starts, 0)
+            means = uniform_filter1d(means, side, axis=axis, mode="constant", cval=0.0)
+            broadcast = [1] * means.ndim
+            broadcast[axis] = length
+            means *= (side / covered).astype(np.float32).reshape(broadcast)
+        return means
 
     def region_at(self, seed: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
         shape = self._require_prepared()
@@ -201,6 +230,15 @@ class SuperpixelRegions:
             ).astype(np.int32, copy=False)
         self._segments = segments
         self._objects = ndimage.find_objects(segments)
+
+    def region_means(self, values: np.ndarray) -> np.ndarray:
+        """For every seed, the mean of ``values`` over its superpixel, as float32 (labelled and ignored
+        pixels, which no region covers, get the mean over all of them)."""
+        _check_values_shape(values, self.segments.shape)
+        ids = self.segments.ravel()
+        totals = np.bincount(ids, weights=values.ravel())
+        sizes = np.bincount(ids)
+        return (totals / np.maximum(sizes, 1))[self.segments].astype(np.float32)
 
     def region_at(self, seed: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
         segment = int(self.segments[seed])
