@@ -120,4 +120,5 @@ def analyse_image(
         center=options.center,
         min_pixels=options.min_pixels,
     )
-    return ImageAnalysis(statistics, priority, sampler.select(scored, options.k, rng))
+    regions = sampler.select(scored, options.k, rng, statistics=statistics)
+    return ImageAnalysis(statistics, priority, regions)

@@ -74,6 +74,21 @@ def test_priority_counts_present_classes_once_under_uniform_weights() -> None:
     assert analysis.regions == []
 
 
+def test_analysis_counts_the_image_once(monkeypatch) -> None:
+    counted = []
+    count_image = PoolStatistics.from_image.__func__
+
+    def counting(cls, image, *args, **kwargs):
+        counted.append(image)
+        return count_image(cls, image, *args, **kwargs)
+
+    monkeypatch.setattr(PoolStatistics, "from_image", classmethod(counting))
+    image = _two_class_image()
+    analysis = analyse_image(image, np.array([0.5, 0.5]), small_settings(), rng=0)
+    assert len(analysis.regions) == 3
+    assert len(counted) == 1 and counted[0] is image, "statistics, priority and regions share one count"
+
+
 def test_analysis_is_deterministic_for_a_seed() -> None:
     options = small_settings(k=6, center="uniform")
     weights = np.array([0.5, 0.5])
