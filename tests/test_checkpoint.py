@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.model.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from ml_backend.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ml_backend.model.inference import predict_probabilities
 from ml_backend.model.network import build_segmentation_model, model_spec
+from ml_backend.storage import atomic_write
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,9 @@ def test_atomic_write_replaces_the_file_in_one_step(tmp_path) -> None:
         handle.write("second")
     assert path.read_text() == "second"
     assert sorted(os.listdir(path.parent)) == ["file.bin"]
+    with pytest.raises(ValueError, match="mode must be 'w' or 'wb'"), atomic_write(path, "a"):
+        pass
+    assert path.read_text() == "second"
 
 
 def test_a_missing_checkpoint_is_named(tmp_path) -> None:

@@ -178,3 +178,10 @@ def test_pool_statistics_proposals_and_label_config_round_trip(tmp_path: Path) -
     assert reopened.label_config() == "<View/>"
     with pytest.raises(ValueError, match="task id"):
         reopened.issued_proposals("../10")
+
+
+def test_state_and_the_app_do_not_import_torch() -> None:
+    """/setup must answer within Label Studio's 3 s: importing torch alone takes longer on a busy CPU."""
+    probe = "import sys, ml_backend.labelstudio.app; print('torch' in sys.modules)"  # app imports state
+    output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert output.stdout.strip() == "False"

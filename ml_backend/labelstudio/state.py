@@ -9,10 +9,11 @@ Layout::
     training.json          annotations counted since the last run + the last training runs
     label_config.xml       the last labelling config Label Studio sent (predict may arrive without one)
 
-Every write goes to a temporary file in the same folder and is renamed over the target (``os.replace`` is
-atomic on POSIX), so a process killed at any instant leaves either the old or the new file, never half of
-one. Threads of one process serialise their read-modify-write cycles on a per-project lock; other processes
-(the adapter's command line) only ever replace whole files.
+Every write goes through :mod:`ml_backend.storage` (a temporary file in the same folder renamed over the
+target), so a process killed at any instant leaves either the old or the new file, never half of one.
+Threads of one process serialise their read-modify-write cycles on a per-project lock; other processes (the
+adapter's command line) only ever replace whole files. Nothing here imports torch: /setup reads this state
+within Label Studio's 3 s.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from ml_backend.storage import write_text_atomic
 
 INITIAL_VERSION_NUMBER = 0
 VERSION_PREFIX = "decomp-v"
@@ -61,21 +63,6 @@ def project_key(project: object) -> str:
     if not _PROJECT_ID.match(key):
         raise ValueError(f"project {project!r} is not a project id (expected e.g. 12 or '12.1700000000')")
     return key
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

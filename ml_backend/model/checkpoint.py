@@ -1,24 +1,21 @@
 """Checkpoints that survive a kill: a network's weights, its ModelSpec and the caller's metadata in one file.
 
-A save writes a temporary file next to the target, flushes it to disk and renames it over the target, so a
-reader (or a restart after a crash) finds the old checkpoint or the new one, never a torn file. Loading
-uses ``torch.load(weights_only=True)``: a checkpoint cannot run code, so files from elsewhere are safe to
-open.
+A save goes through :func:`ml_backend.storage.atomic_write` (temporary file, flush, rename), so a reader (or
+a restart after a crash) finds the old checkpoint or the new one, never a torn file. Loading uses
+``torch.load(weights_only=True)``: a checkpoint cannot run code, so files from elsewhere are safe to open.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from ml_backend.model.network import ModelSpec, build_from_spec, model_spec
+from ml_backend.storage import atomic_write
 
 CHECKPOINT_FORMAT = "label-studio-decomp/segmentation-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -26,39 +23,6 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint file exists but cannot be used; the message names the file and the reason."""
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """A file handle whose content replaces ``path`` in one step when the block ends without an error;
-    on an error the temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); platforms that cannot open directories skip it."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def save_checkpoint(
