@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ import numpy as np
 from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
+from ml_backend.background import CoalescingWorker
 from ml_backend.labelstudio.backend import prediction_result, prediction_score, proposal_rng
 from ml_backend.labelstudio.state import ProjectState
 from ml_backend.strategies.base import ScoredImage
@@ -563,18 +563,17 @@ class QueueUpdater:
     every successful training run (the new model rescores the pool), and the new tasks alone when Label
     Studio reports ``TASKS_CREATED`` (scored against the stored pool weights, no full rescore).
 
-    Work runs on one background thread, so neither the training worker nor the webhook waits for it.
-    Requests for a project that is already waiting merge into that request (a full run absorbs task-only
-    ones); a request that arrives while the project's run is going queues exactly one follow-up.
+    Work runs on one background thread (a :class:`~ml_backend.background.CoalescingWorker` keyed by
+    project), so neither the training worker nor the webhook waits for it. Requests for a project that is
+    already waiting merge into that request (a full run absorbs task-only ones); a request that arrives
+    while the project's run is going queues exactly one follow-up.
     """
 
     def __init__(self, runtime: BackendRuntime) -> None:
         self.runtime = runtime
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decomp-queue")
-        self._pending: dict[str, frozenset[int] | None] = {}
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._running = 0
+        self._runs: CoalescingWorker[frozenset[int] | None] = CoalescingWorker(
+            self._run, _merge_task_ids, name="decomp-queue"
+        )
         self.last_reports: dict[str, ReprioritizeReport] = {}
         self.last_errors: dict[str, str] = {}
 
@@ -597,25 +596,16 @@ class QueueUpdater:
 
     def request(self, project_id: str, task_ids: frozenset[int] | None = None) -> str:
         """Ask for a run (``task_ids`` None: the whole pool); "queued" or "coalesced". Never blocks."""
-        with self._lock:
-            if project_id in self._pending:
-                waiting = self._pending[project_id]
-                self._pending[project_id] = (
-                    None if waiting is None or task_ids is None else waiting | task_ids
-                )
-                return "coalesced"
-            self._pending[project_id] = task_ids
-            self._running += 1
-        self._executor.submit(self._run, project_id)
-        return "queued"
+        return self._runs.submit(project_id, task_ids)
 
     def wait_until_idle(self, timeout: float | None = None) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._running == 0, timeout)
+        return self._runs.wait_until_idle(timeout)
 
-    def _run(self, project_id: str) -> None:
-        with self._lock:
-            task_ids = self._pending.pop(project_id)
+    def stop(self, timeout: float | None = None) -> None:
+        """Let the current run finish, drop the waiting ones, end the thread."""
+        self._runs.stop(timeout)
+
+    def _run(self, project_id: str, task_ids: frozenset[int] | None) -> None:
         try:
             report = reprioritize(
                 self.runtime.client(project_id),
@@ -623,14 +613,15 @@ class QueueUpdater:
                 int(project_id),
                 task_ids=None if task_ids is None else sorted(task_ids),
             )
-        except Exception as error:  # a failed run must not stop later ones
+        except Exception as error:  # reported here; the worker goes on with later runs
             self.last_errors[project_id] = f"{type(error).__name__}: {error}"
             logger.exception("project %s: the DECOMP queue could not be updated", project_id)
         else:
             self.last_reports[project_id] = report
             self.last_errors.pop(project_id, None)
             logger.info("%s", report.summary())
-        finally:
-            with self._idle:
-                self._running -= 1
-                self._idle.notify_all()
+
+
+def _merge_task_ids(waiting: frozenset[int] | None, new: frozenset[int] | None) -> frozenset[int] | None:
+    """Two waiting requests as one: a full run (None) absorbs any other, task lists add up."""
+    return None if waiting is None or new is None else waiting | new

@@ -650,9 +650,10 @@ def test_updater_registers_its_hooks_and_coalesces_waiting_requests(monkeypatch)
 
     import adapters.queue as queue
 
-    gate, runs = threading.Event(), []
+    started, gate, runs = threading.Event(), threading.Event(), []
 
     def fake_reprioritize(client, runtime, project_id, *, task_ids=None):
+        started.set()
         gate.wait(5)
         runs.append((project_id, task_ids))
         return SimpleNamespace(summary=lambda: "ok")
@@ -664,9 +665,8 @@ def test_updater_registers_its_hooks_and_coalesces_waiting_requests(monkeypatch)
         "TASKS_CREATED": updater.tasks_created
     }
 
-    assert (
-        updater.tasks_created("3", {"tasks": [{"id": 8}, {"id": 9}]}) == "queued"
-    )  # starts, waits on the gate
+    assert updater.tasks_created("3", {"tasks": [{"id": 8}, {"id": 9}]}) == "queued"
+    assert started.wait(5)  # the run has begun and waits on the gate
     assert updater.tasks_created("3", {"tasks": [{"id": 10}]}) == "queued"  # the running one was popped
     assert updater.tasks_created("3", {"tasks": [{"id": 11}]}) == "coalesced"
     assert updater.tasks_created("4", {"tasks": []}) == "nothing to score"
@@ -676,6 +676,9 @@ def test_updater_registers_its_hooks_and_coalesces_waiting_requests(monkeypatch)
     gate.set()
     assert updater.wait_until_idle(10)
     assert runs == [(3, [8, 9]), (3, [10, 11]), (5, None)]
+    updater.stop(timeout=5)
+    with pytest.raises(RuntimeError, match="stopped"):
+        updater.request("3")
 
 
 def test_updater_survives_a_failing_run_and_reports_it(monkeypatch) -> None:

@@ -142,3 +142,28 @@ def test_a_stopped_worker_refuses_requests(trainer) -> None:
     worker.stop(timeout=1)
     with pytest.raises(RuntimeError, match="stopped"):
         worker.submit("1", "a")
+
+
+def test_the_shared_worker_survives_a_raising_run_and_merges_what_waits() -> None:
+    from ml_backend.background import CoalescingWorker
+
+    gate, runs = threading.Event(), []
+
+    def run(key: str, request: frozenset[int]) -> None:
+        assert gate.wait(5)
+        runs.append((key, sorted(request)))
+        if key == "bad":
+            raise ValueError("Label Studio answered 500")
+
+    worker = CoalescingWorker(run, frozenset.union, name="test-worker")
+    try:
+        assert worker.submit("bad", frozenset({1})) == "queued"
+        assert worker.submit("good", frozenset({2})) == "queued"
+        assert worker.submit("good", frozenset({3})) == "coalesced"
+        assert worker.pending()[-1] == ("good", frozenset({2, 3}))
+        gate.set()
+        assert worker.wait_until_idle(timeout=5)
+        assert runs == [("bad", [1]), ("good", [2, 3])]
+        assert not worker.is_busy()
+    finally:
+        worker.stop(timeout=5)

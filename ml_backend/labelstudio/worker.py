@@ -2,7 +2,8 @@
 
 Requests for a project that is already waiting merge into that waiting request; requests that arrive while
 the project trains queue exactly one follow-up run (which sees every annotation made meanwhile, because a
-run reads the project's labelled tasks when it starts). Projects are served first come, first served.
+run reads the project's labelled tasks when it starts). Projects are served first come, first served. The
+queueing itself is :class:`ml_backend.background.CoalescingWorker`, shared with the queue updater.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from ml_backend.background import COALESCED, CoalescingWorker
 
 if TYPE_CHECKING:
     from ml_backend.labelstudio.config import ProjectConfig
@@ -68,7 +71,8 @@ RunListener = Callable[[TrainingRun], None]
 
 
 class TrainingWorker:
-    """Runs ``train(request)`` on one daemon thread, started on the first request.
+    """Runs ``train(request)`` on one background thread (a :class:`~ml_backend.background.CoalescingWorker`
+    keyed by project), so that /webhook answers at once and runs never overlap.
 
     ``train`` must leave the served model untouched when it raises: the worker only records the failure.
     After a successful run every hook added with :meth:`add_on_trained` is called (in the worker thread,
@@ -80,99 +84,56 @@ class TrainingWorker:
         self._train = train
         self._on_finished = on_finished
         self._hooks: list[TrainedHook] = []
-        self._pending: dict[str, TrainingRequest] = {}
         self._running: TrainingRun | None = None
         self._recent: list[TrainingRun] = []
         self._counts = {"requested": 0, "coalesced": 0, "succeeded": 0, "failed": 0}
-        self._condition = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
+        self._lock = threading.Lock()
+        self._runs: CoalescingWorker[TrainingRequest] = CoalescingWorker(
+            self._execute, TrainingRequest.merged, name="decomp-training"
+        )
 
     def add_on_trained(self, hook: TrainedHook) -> None:
-        with self._condition:
+        with self._lock:
             self._hooks.append(hook)
 
     def submit(self, project_id: str, reason: str, *, from_scratch: bool = False) -> str:
         """Ask for a run; "queued", or "coalesced" when merged into a run already waiting. Never blocks."""
-        request = TrainingRequest(project_id, (reason,), from_scratch)
-        with self._condition:
-            if self._stopping:
-                raise RuntimeError("the training worker is stopped")
+        outcome = self._runs.submit(project_id, TrainingRequest(project_id, (reason,), from_scratch))
+        with self._lock:
             self._counts["requested"] += 1
-            waiting = self._pending.get(project_id)
-            if waiting is not None:
-                self._pending[project_id] = waiting.merged(request)
-                self._counts["coalesced"] += 1
-                outcome = "coalesced"
-            else:
-                self._pending[project_id] = request
-                outcome = "queued"
-            self._ensure_thread()
-            self._condition.notify_all()
+            self._counts["coalesced"] += outcome == COALESCED
         logger.info("training for project %s %s (%s)", project_id, outcome, reason)
         return outcome
 
     def is_busy(self, project_id: str | None = None) -> bool:
-        with self._condition:
-            return self._busy(project_id)
-
-    def _busy(self, project_id: str | None) -> bool:
-        if project_id is None:
-            return self._running is not None or bool(self._pending)
-        running = self._running is not None and self._running.project_id == project_id
-        return running or project_id in self._pending
+        return self._runs.is_busy(project_id)
 
     def wait_until_idle(self, timeout: float | None = None, project_id: str | None = None) -> bool:
         """Block until nothing (or nothing of ``project_id``) is running or waiting; False on timeout."""
-        with self._condition:
-            return self._condition.wait_for(lambda: not self._busy(project_id), timeout)
+        return self._runs.wait_until_idle(timeout, project_id)
 
     def snapshot(self) -> dict[str, Any]:
         """The worker's state for /metrics."""
-        with self._condition:
+        pending = [
+            {"project_id": r.project_id, "reasons": list(r.reasons), "from_scratch": r.from_scratch}
+            for _project, r in self._runs.pending()
+        ]
+        with self._lock:
             return {
                 "running": self._running.as_dict() if self._running else None,
-                "pending": [
-                    {"project_id": r.project_id, "reasons": list(r.reasons), "from_scratch": r.from_scratch}
-                    for r in self._pending.values()
-                ],
+                "pending": pending,
                 "counts": dict(self._counts),
                 "recent_runs": [run.as_dict() for run in self._recent],
             }
 
     def stop(self, timeout: float | None = None) -> None:
         """Let the current run finish, drop waiting requests, end the thread."""
-        with self._condition:
-            self._stopping = True
-            self._pending.clear()
-            self._condition.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+        self._runs.stop(timeout)
 
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="decomp-training", daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            with self._condition:
-                self._condition.wait_for(lambda: self._pending or self._stopping)
-                if self._stopping:
-                    return
-                project_id = next(iter(self._pending))
-                request = self._pending.pop(project_id)
-                self._running = TrainingRun(project_id, request.reasons, request.from_scratch, time.time())
-                run = self._running
-            self._execute(request, run)
-            with self._condition:
-                self._running = None
-                self._recent = [*self._recent, run][-RECENT_RUNS:]
-                self._counts[run.status] += 1
-                self._condition.notify_all()
-
-    def _execute(self, request: TrainingRequest, run: TrainingRun) -> None:
+    def _execute(self, project_id: str, request: TrainingRequest) -> None:
+        run = TrainingRun(project_id, request.reasons, request.from_scratch, time.time())
+        with self._lock:
+            self._running = run
         try:
             outcome = self._train(request)
         except Exception as error:  # any failure must leave the worker alive
@@ -187,11 +148,15 @@ class TrainingWorker:
             logger.info("project %s serves %s: %s", run.project_id, run.model_version, run.metrics)
         run.finished_at = time.time()
         self._notify(run)
+        with self._lock:
+            self._running = None
+            self._recent = [*self._recent, run][-RECENT_RUNS:]
+            self._counts[run.status] += 1
 
     def _notify(self, run: TrainingRun) -> None:
         listeners = [self._on_finished] if self._on_finished else []
         if run.status == "succeeded":
-            with self._condition:
+            with self._lock:
                 listeners += self._hooks
         for listener in listeners:
             try:
