@@ -285,6 +285,15 @@ def test_bad_options_are_refused_with_the_allowed_values():
         BadgeRegions(BoxRegions(4), selection="greedy")
     with pytest.raises(ValueError, match="pool_factor must be a positive integer"):
         EntropyKMeansRegions(BoxRegions(4), pool_factor=0)
+    with pytest.raises(TypeError, match="EntropyKMeansRegions has no option selection; its options are"):
+        EntropyKMeansRegions(BoxRegions(4), selection="kmeans")
+
+
+def test_diversity_options_default_to_their_first_allowed_value():
+    assert EntropyKMeansRegions(BoxRegions(4)).init == "random"
+    assert EntropyCoresetRegions(BoxRegions(4)).first_center == "most-uncertain"
+    assert BadgeRegions(BoxRegions(4)).selection == "kmeans++"
+    assert BadgeRegions(BoxRegions(4), 2, selection="kmeans").selection == "kmeans"
 
 
 def test_a_shape_without_a_fast_region_mean_is_refused():

@@ -95,10 +95,29 @@ def test_min_pixels_decides_presence():
     assert image_priority(statistics, weights, min_pixels=4) == pytest.approx(0.25)
 
 
+def test_excluded_classes_add_nothing_to_the_priority():
+    labels = np.zeros((4, 4), np.uint8)
+    labels[0, 0] = 1
+    labels[3, 3] = 2
+    image = scored(labels)
+    weights = np.array([0.5, 0.2, 0.3])
+    assert DecompImagePriority(weights, exclude=[0]).priority(image) == pytest.approx(0.5)
+    statistics = PoolStatistics.from_image(image, 3)
+    only_class_1 = DecompImagePriority(weights, exclude=[0, 2])
+    assert only_class_1.priority(image, statistics=statistics) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="statistics of 2 classes for DecompImagePriority of 3 class"):
+        DecompImagePriority(weights).priority(image, statistics=PoolStatistics.empty(2))
+    with pytest.raises(ValueError, match=r"excluded classes \(3,\) must lie in 0 \.\. 2"):
+        DecompImagePriority(weights, exclude=[3])
+
+
 def test_priority_from_pool_statistics_and_mismatch_error():
     pool = PoolStatistics(np.array([10, 10]), np.array([10, 5]))
     strategy = DecompImagePriority.from_statistics(pool)
     np.testing.assert_allclose(strategy.weights, [0.0, 1.0])
+    excluding = DecompImagePriority.from_statistics(pool, exclude=[1], min_pixels=3)
+    np.testing.assert_allclose(excluding.weights, [1.0, 0.0])
+    assert excluding.exclude == (1,) and excluding.min_pixels == 3
     with pytest.raises(ValueError, match="3 class weights for image statistics of 2 classes"):
         image_priority(pool, np.ones(3) / 3)
 
@@ -335,7 +354,7 @@ def test_bad_sampler_input_is_refused():
         DecompSampler(np.array([0.5, -0.1]))
     with pytest.raises(ValueError, match="beyond the 2 classes"):
         DecompSampler(np.ones(2) / 2).select(scored(np.full((3, 3), 2)), k=1)
-    with pytest.raises(ValueError, match="statistics of 3 classes for a sampler of 2"):
+    with pytest.raises(ValueError, match="statistics of 3 classes for DecompSampler of 2 class weights"):
         DecompSampler(np.ones(2) / 2).select(scored(np.zeros((3, 3))), statistics=PoolStatistics.empty(3))
     with pytest.raises(ValueError, match="k \\(regions per image\\)"):
         DecompSampler(np.ones(2) / 2).select(scored(np.zeros((3, 3))), k=-1)

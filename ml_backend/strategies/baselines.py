@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar
 
 import numpy as np
 
@@ -140,15 +140,28 @@ class EntropyRegions:
 class _EntropyPoolThenDiversity:
     """Draws the ``pool_factor * k`` best non-overlapping entropy regions, then keeps ``k`` of them chosen
     by ``_choose`` on per-region features (the model's penultimate feature map pooled under each region
-    and L2-normalised). A pool of at most ``k`` regions is taken whole."""
+    and L2-normalised). A pool of at most ``k`` regions is taken whole.
+
+    Each subclass declares its keyword ``options``: name -> allowed values, the first being the default;
+    they become attributes of the same name.
+    """
 
     name: str
+    options: ClassVar[dict[str, tuple[str, ...]]] = {}
 
-    def __init__(self, shape: RegionShape, pool_factor: int = DEFAULT_POOL_FACTOR):
+    def __init__(self, shape: RegionShape, pool_factor: int = DEFAULT_POOL_FACTOR, **options: str):
         if not isinstance(pool_factor, (int, np.integer)) or pool_factor < 1:
             raise ValueError(f"pool_factor must be a positive integer, got {pool_factor!r}")
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no option {', '.join(unknown)}; its options are shape, "
+                f"pool_factor, {', '.join(self.options)}"
+            )
         self.shape = shape
         self.pool_factor = int(pool_factor)
+        for option, allowed in self.options.items():
+            setattr(self, option, _check_option(option, options.get(option, allowed[0]), allowed))
         self._entropy = EntropyRegions(shape)
 
     def select(self, image: ScoredImage, k: int, rng: np.random.Generator) -> list[Region]:
@@ -191,15 +204,8 @@ class EntropyKMeansRegions(_EntropyPoolThenDiversity):
     than k-means++ on large pools (perf-anchors.md) and the default."""
 
     name = "entropy-kmeans"
-
-    def __init__(
-        self,
-        shape: RegionShape,
-        pool_factor: int = DEFAULT_POOL_FACTOR,
-        init: Literal["random", "k-means++"] = "random",
-    ):
-        super().__init__(shape, pool_factor)
-        self.init = _check_option("init", init, ("random", "k-means++"))
+    options = {"init": ("random", "k-means++")}
+    init: str
 
     def _choose(self, image, pool, features, k, rng):
         return kmeans_representatives(features, k, _pool_entropy(pool), _random_state(rng), self.init)
@@ -214,15 +220,8 @@ class EntropyCoresetRegions(_EntropyPoolThenDiversity):
     """
 
     name = "entropy-coreset"
-
-    def __init__(
-        self,
-        shape: RegionShape,
-        pool_factor: int = DEFAULT_POOL_FACTOR,
-        first_center: Literal["most-uncertain", "random"] = "most-uncertain",
-    ):
-        super().__init__(shape, pool_factor)
-        self.first_center = _check_option("first_center", first_center, ("most-uncertain", "random"))
+    options = {"first_center": ("most-uncertain", "random")}
+    first_center: str
 
     def _choose(self, image, pool, features, k, rng):
         first = 0 if self.first_center == "most-uncertain" else int(rng.integers(len(pool)))
@@ -236,15 +235,8 @@ class BadgeRegions(_EntropyPoolThenDiversity):
     most uncertain region per cluster (``selection="kmeans"``)."""
 
     name = "badge"
-
-    def __init__(
-        self,
-        shape: RegionShape,
-        pool_factor: int = DEFAULT_POOL_FACTOR,
-        selection: Literal["kmeans++", "kmeans"] = "kmeans++",
-    ):
-        super().__init__(shape, pool_factor)
-        self.selection = _check_option("selection", selection, ("kmeans++", "kmeans"))
+    options = {"selection": ("kmeans++", "kmeans")}
+    selection: str
 
     def _choose(self, image, pool, features, k, rng):
         # The pool comes from EntropyRegions, which already required the probabilities.

@@ -10,6 +10,7 @@ a uniformly random one. Paper: arXiv:2512.07606; reference code: github.com/Jing
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -48,29 +49,59 @@ def image_priority(image_statistics: PoolStatistics, weights: np.ndarray, min_pi
     return float(weights[image_statistics.present(min_pixels)].sum())
 
 
-class DecompImagePriority:
-    """ImageStrategy: rank images by ``image_priority`` under the pool's class weights."""
+class _ClassWeighted:
+    """What DECOMP's image priority and region sampler share: class ``weights``, classes in ``exclude``
+    that never count (an ignore class), and ``min_pixels``, the area a class needs in an image to count
+    as present."""
 
-    name = "decomp"
-
-    def __init__(self, weights: np.ndarray, min_pixels: int = 1) -> None:
+    def __init__(self, weights: np.ndarray, min_pixels: int = 1, exclude: Iterable[int] = ()) -> None:
         self.weights = _checked_weights(weights)
         self.min_pixels = _checked_min_pixels(min_pixels)
+        self.exclude = tuple(int(c) for c in exclude)
+        if any(not 0 <= c < self.weights.size for c in self.exclude):
+            raise ValueError(f"excluded classes {self.exclude} must lie in 0 .. {self.weights.size - 1}")
+        self._counted = np.ones(self.weights.size, dtype=bool)
+        self._counted[list(self.exclude)] = False
 
     @classmethod
     def from_statistics(
-        cls,
+        cls: type[_Weighted],
         pool: PoolStatistics,
         *,
         decimals: int | None = DEFAULT_RATE_DECIMALS,
         exclude: Iterable[int] = (),
-        min_pixels: int = 1,
-    ) -> DecompImagePriority:
-        return cls(pool.class_weights(decimals, exclude), min_pixels)
+        **options: Any,
+    ) -> _Weighted:
+        """Weighted by the pool's class confidence rates (``PoolStatistics.class_weights``); ``options``
+        go to the constructor."""
+        exclude = tuple(exclude)
+        return cls(pool.class_weights(decimals, exclude), exclude=exclude, **options)
 
-    def priority(self, image: ScoredImage) -> float:
-        statistics = PoolStatistics.from_image(image, self.weights.size)
-        return image_priority(statistics, self.weights, self.min_pixels)
+    def _checked_statistics(self, image: ScoredImage, statistics: PoolStatistics | None) -> PoolStatistics:
+        if statistics is None:
+            return PoolStatistics.from_image(image, self.weights.size)
+        if statistics.num_classes != self.weights.size:
+            raise ValueError(
+                f"image statistics of {statistics.num_classes} classes for {type(self).__name__} of "
+                f"{self.weights.size} class weights"
+            )
+        return statistics
+
+
+_Weighted = TypeVar("_Weighted", bound=_ClassWeighted)
+
+
+class DecompImagePriority(_ClassWeighted):
+    """ImageStrategy: rank images by ``image_priority`` under the pool's class weights; classes in
+    ``exclude`` add nothing."""
+
+    name = "decomp"
+
+    def priority(self, image: ScoredImage, *, statistics: PoolStatistics | None = None) -> float:
+        """``statistics`` may pass the image's own ``PoolStatistics.from_image`` when the caller already
+        has it, saving a pass over the image."""
+        statistics = self._checked_statistics(image, statistics)
+        return image_priority(statistics, np.where(self._counted, self.weights, 0.0), self.min_pixels)
 
 
 class _ClassLottery:
@@ -132,7 +163,7 @@ class _UniformSeeds:
         return None
 
 
-class DecompSampler:
+class DecompSampler(_ClassWeighted):
     """RegionStrategy: DECOMP class-wise region sampling inside one image.
 
     Each of up to ``k`` draws picks a class with probability proportional to its weight among the
@@ -158,28 +189,11 @@ class DecompSampler:
         min_pixels: int = 1,
         exclude: Iterable[int] = (),
     ) -> None:
-        self.weights = _checked_weights(weights)
+        super().__init__(weights, min_pixels, exclude)
         if center not in CENTERS:
             raise ValueError(f"center must be one of {CENTERS}, got {center!r}")
-        self.exclude = tuple(int(c) for c in exclude)
-        if any(not 0 <= c < self.weights.size for c in self.exclude):
-            raise ValueError(f"excluded classes {self.exclude} must lie in 0 .. {self.weights.size - 1}")
         self.shape = shape if shape is not None else BoxRegions()
         self.center = center
-        self.min_pixels = _checked_min_pixels(min_pixels)
-
-    @classmethod
-    def from_statistics(
-        cls,
-        pool: PoolStatistics,
-        *,
-        decimals: int | None = DEFAULT_RATE_DECIMALS,
-        exclude: Iterable[int] = (),
-        **options,
-    ) -> DecompSampler:
-        """A sampler weighted by the pool's class confidence rates."""
-        exclude = tuple(exclude)
-        return cls(pool.class_weights(decimals, exclude), exclude=exclude, **options)
 
     def select(
         self,
@@ -196,19 +210,11 @@ class DecompSampler:
         rng = np.random.default_rng(rng)
         if k == 0:
             return []
-        if statistics is None:
-            statistics = PoolStatistics.from_image(image, self.weights.size)
-        elif statistics.num_classes != self.weights.size:
-            raise ValueError(
-                f"image statistics of {statistics.num_classes} classes for a sampler of "
-                f"{self.weights.size} class weights"
-            )
-        allowed = np.ones(self.weights.size, dtype=bool)
-        allowed[list(self.exclude)] = False
+        statistics = self._checked_statistics(image, statistics)
         lottery = _ClassLottery(
             self.weights,
-            eligible=statistics.present(self.min_pixels) & (self.weights > 0) & allowed,
-            fallback=(statistics.predicted > 0) & allowed,
+            eligible=statistics.present(self.min_pixels) & (self.weights > 0) & self._counted,
+            fallback=(statistics.predicted > 0) & self._counted,
         )
         self.shape.prepare(image)
         # Blocking writes into ``clear`` while the pickers read it through views: it must be contiguous.
