@@ -38,7 +38,7 @@ from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
 from ml_backend.background import CoalescingWorker
-from ml_backend.labelstudio.backend import prediction_result, prediction_score, proposal_rng
+from ml_backend.labelstudio.backend import input_window, prediction_result, prediction_score, proposal_rng
 from ml_backend.labelstudio.state import ProjectState
 from ml_backend.strategies.base import ScoredImage
 from ml_backend.strategies.stats import PoolStatistics
@@ -355,11 +355,10 @@ def _load_images(
         return dict(zip((task.id for task in tasks), pool.map(load, tasks), strict=True))
 
 
-def _stack_key(image: np.ndarray) -> tuple[Any, ...]:
-    """Images that can share one forward batch: same shape, dtype and intensity scaling."""
-    from ml_backend.model.network import intensity_window
-
-    return image.shape, image.dtype.str, intensity_window(image)
+def _stack_key(model: Any, image: np.ndarray) -> tuple[Any, ...]:
+    """Images that can share one forward batch: same shape, dtype and intensity scaling (the window
+    /predict would scale the image with)."""
+    return image.shape, image.dtype.str, input_window(model, image)
 
 
 def score_tasks(
@@ -389,7 +388,7 @@ def score_tasks(
                     scores.failures[task_id] = image
                     logger.error("project %s task %s: not scored: %s", state.project_id, task_id, image)
                 else:
-                    groups.setdefault(_stack_key(image), []).append(task_id)
+                    groups.setdefault(_stack_key(served.model, image), []).append(task_id)
             for (_shape, _dtype, window), task_ids in groups.items():
                 stack = np.stack([loaded[task_id] for task_id in task_ids])
                 with served.inference_lock:

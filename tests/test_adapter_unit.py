@@ -517,11 +517,10 @@ def small_photos() -> dict[int, np.ndarray]:
     return {task_id: np.ascontiguousarray(crop) for task_id, crop in enumerate(crops, start=1)}
 
 
-@pytest.fixture()
-def runtime(tmp_path):
+def photo_runtime(model_dir, photos: dict[int, np.ndarray]):
+    """A backend runtime with random initial weights whose images are ``photos`` by task id (a URL ending
+    in broken.png fails as a missing upload would)."""
     from ml_backend.labelstudio.backend import BackendRuntime, BackendSettings
-
-    photos = small_photos()
 
     def load(url, task_id, label_studio_url, api_key):
         if url.endswith("broken.png"):
@@ -530,8 +529,13 @@ def runtime(tmp_path):
             raise ImageLoadError(url, "HTTP 404 not found")
         return photos[task_id]
 
-    settings = BackendSettings(model_dir=tmp_path / "models", encoder_weights=None, device="cpu")
+    settings = BackendSettings(model_dir=model_dir, encoder_weights=None, device="cpu")
     return BackendRuntime(settings, image_loader=load)
+
+
+@pytest.fixture()
+def runtime(tmp_path):
+    return photo_runtime(tmp_path / "models", small_photos())
 
 
 def photo_tasks(broken: int | None = None) -> dict[int, dict]:
@@ -562,6 +566,49 @@ def test_batched_scoring_gives_each_image_what_a_forward_pass_of_its_own_gives(r
         np.testing.assert_allclose(batched.confidence, alone.confidence, rtol=1e-5, atol=1e-6)
         expected = PoolStatistics.from_image(alone, config.num_classes, config.decomp.tau)
         assert scores.statistics[task_id] == expected
+
+
+def test_batched_scoring_of_16_bit_rgba_images_equals_what_predict_gives(tmp_path, monkeypatch) -> None:
+    """12-bit photos in 16-bit RGBA with an opaque alpha (65535), as microscopes write them: the alpha must
+    not stretch the intensity window on either path, so the queue and /predict see the same image."""
+    import ml_backend.pipeline as pipeline
+    from adapters.queue import ScoredStore, score_tasks
+    from ml_backend.labelstudio.backend import input_window
+    from ml_backend.labelstudio.config import ProjectConfig
+    from ml_backend.labelstudio.state import ProjectState
+    from ml_backend.model.network import intensity_window
+
+    photos = {
+        task_id: np.dstack([photo.astype(np.uint16) * 16, np.full(photo.shape[:2], 65535, np.uint16)])
+        for task_id, photo in small_photos().items()
+    }
+    runtime = photo_runtime(tmp_path / "models", photos)
+    config = ProjectConfig.from_label_config(DEMO_LIKE_CONFIG)
+    state = ProjectState(runtime.settings.model_dir, 7)
+    served = runtime.served_model(state, config)
+    assert input_window(served.model, photos[1])[1] <= 4080 < intensity_window(photos[1])[1] == 65535
+
+    (tmp_path / "store").mkdir()
+    store = ScoredStore(tmp_path / "store")
+    tasks = [PoolTask(task_id, data) for task_id, data in photo_tasks().items()]
+    scores = score_tasks(runtime, state, config, served, tasks, store, batch_size=3)
+    assert scores.failures == {}
+
+    seen_by_predict = []
+    score_image = pipeline.score_image
+
+    def recording_score_image(*args, **options):
+        seen_by_predict.append(score_image(*args, **options))
+        return seen_by_predict[-1]
+
+    monkeypatch.setattr(pipeline, "score_image", recording_score_image)
+    backend = runtime.backend("7", DEMO_LIKE_CONFIG)
+    predictions = backend.predict([{"id": task.id, "data": task.data} for task in tasks])["predictions"]
+    assert all(prediction["result"] for prediction in predictions)
+    for task, predicted in zip(tasks, seen_by_predict, strict=True):
+        queued = store.get(task.id)
+        np.testing.assert_array_equal(queued.labels, predicted.labels)
+        np.testing.assert_allclose(queued.confidence, predicted.confidence, rtol=1e-5, atol=1e-6)
 
 
 def test_reprioritize_publishes_decomp_priorities_under_the_pool_weights(runtime) -> None:

@@ -82,6 +82,19 @@ def proposal_rng(project_id: str, task_id: object, version: str) -> np.random.Ge
     return np.random.default_rng(zlib.crc32(f"{project_id}:{task_id}:{version}".encode()))
 
 
+def input_window(model: torch.nn.Module, image: np.ndarray) -> tuple[float, float]:
+    """The raw intensities that map to 0 and 1 when ``model`` predicts the 2-D ``image`` ((H, W) or
+    (H, W, C), native dtype): the window of the channels the network takes, alpha left out. /predict and
+    the adapter's batched scoring both scale with it, so a task gets the same prediction on either path
+    (a stack of images would otherwise share one window, and an opaque 16-bit alpha would stretch it)."""
+    from ml_backend.model.inference import as_planes
+    from ml_backend.model.network import channels_last, intensity_window, model_spec
+
+    in_channels = model_spec(model).in_channels
+    planes, _ = as_planes(image, 2, in_channels)
+    return intensity_window(channels_last(planes, in_channels))
+
+
 def prediction_result(
     scored: ScoredImage, regions: list[Region], config: ProjectConfig
 ) -> list[dict[str, Any]]:
@@ -487,6 +500,7 @@ class DecompBackend:
                     image,
                     keep_pixels=config.decomp.shape == "superpixel",
                     tile_size=self.runtime.settings.tile_size,
+                    window=input_window(served.model, image),
                 )
             lap("forward")
             rng = proposal_rng(self.state.project_id, task_id, served.version)
