@@ -3,6 +3,8 @@ import math
 import numpy as np
 import pytest
 
+from ml_backend.simulation import BASELINES as SIMULATED_BASELINES
+from ml_backend.simulation import DECOMP
 from ml_backend.strategies.base import ScoredImage
 from ml_backend.strategies.baselines import (
     IMAGE_STRATEGIES,
@@ -19,6 +21,7 @@ from ml_backend.strategies.baselines import (
     greedy_regions,
     pixel_entropy,
 )
+from ml_backend.strategies.decomp import DecompImagePriority, DecompSampler
 from ml_backend.strategies.shapes import BoxRegions, SuperpixelRegions
 
 CONFIDENT = (0.98, 0.01, 0.01)
@@ -131,6 +134,14 @@ def test_greedy_regions_matches_a_naive_argmax_greedy_over_many_tiles():
 # --- every region baseline -----------------------------------------------------------------------------
 
 
+BASELINES = sorted(set(REGION_STRATEGIES) - {"decomp"})
+
+
+def build_by_name(name: str, shape):
+    """Any registered region strategy; DECOMP weighted uniformly over the three classes of these images."""
+    return build_region_strategy(name, shape, **({"weights": np.full(3, 1 / 3)} if name == "decomp" else {}))
+
+
 CASES = {
     "2-D boxes": (lambda: BoxRegions(5), (48, 40), 4),
     "3-D cubes": (lambda: BoxRegions(3), (12, 16, 16), 2),
@@ -138,7 +149,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(REGION_STRATEGIES))
+@pytest.mark.parametrize("name", BASELINES)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_baseline_returns_k_disjoint_ranked_regions_that_avoid_labelled_and_ignored(name, case):
     make_shape, spatial_shape, feature_scale = CASES[case]
@@ -153,9 +164,9 @@ def test_every_baseline_returns_k_disjoint_ranked_regions_that_avoid_labelled_an
 
 
 @pytest.mark.parametrize("name", sorted(REGION_STRATEGIES))
-def test_every_baseline_is_deterministic_under_a_seed(name):
+def test_every_strategy_is_deterministic_under_a_seed(name):
     image = random_image(np.random.default_rng(4), (40, 40), 4)
-    strategy = build_region_strategy(name, BoxRegions(4))
+    strategy = build_by_name(name, BoxRegions(4))
     picks = [[r.seed for r in strategy.select(image, 5, np.random.default_rng(7))] for _ in range(2)]
     assert picks[0] == picks[1]
 
@@ -166,14 +177,14 @@ def test_when_fewer_candidates_than_k_exist_all_are_taken(name):
     labelled = np.ones((12, 12), dtype=bool)
     labelled[4:8, 4:8] = False
     image = scored(filled((12, 12), (0.5, 0.3, 0.2)), np.ones((2, 12, 12), np.float32), labelled)
-    regions = build_region_strategy(name, BoxRegions(4)).select(image, 5, np.random.default_rng(0))
+    regions = build_by_name(name, BoxRegions(4)).select(image, 5, np.random.default_rng(0))
     assert [(region.seed, region.bbox) for region in regions] == [((6, 6), (slice(4, 8), slice(4, 8)))]
 
 
 @pytest.mark.parametrize("name", sorted(REGION_STRATEGIES))
 def test_k_zero_gives_nothing_and_a_bad_k_is_refused(name):
     image = random_image(np.random.default_rng(5), (16, 16), 1)
-    strategy = build_region_strategy(name, BoxRegions(4))
+    strategy = build_by_name(name, BoxRegions(4))
     assert strategy.select(image, 0, np.random.default_rng(0)) == []
     with pytest.raises(ValueError, match="non-negative integer"):
         strategy.select(image, -1, np.random.default_rng(0))
@@ -341,11 +352,31 @@ def test_registries_build_strategies_by_name_and_list_the_known_names_on_a_typo(
     assert isinstance(build_region_strategy("entropy-coreset", BoxRegions(4), first_center="random"),
                       EntropyCoresetRegions)
     assert isinstance(build_image_strategy("mean-entropy"), MeanEntropyPriority)
-    assert set(IMAGE_STRATEGIES) == {"random", "mean-entropy"}
-    with pytest.raises(ValueError, match="unknown region strategy 'entropie'; known: badge, entropy"):
+    assert set(IMAGE_STRATEGIES) == {"decomp", "random", "mean-entropy"}
+    with pytest.raises(ValueError, match="unknown region strategy 'entropie'; known: badge, decomp, entropy"):
         build_region_strategy("entropie", BoxRegions(4))
     with pytest.raises(ValueError, match="unknown image strategy"):
         build_image_strategy("decomposition")
+
+
+def test_decomp_is_built_by_name_like_every_other_strategy():
+    shape = SuperpixelRegions(6)
+    sampler = build_region_strategy("decomp", shape, weights=[0.2, 0.8], center="uniform", exclude=[0])
+    assert isinstance(sampler, DecompSampler)
+    assert sampler.shape is shape and sampler.center == "uniform" and sampler.exclude == (0,)
+    np.testing.assert_allclose(sampler.weights, [0.2, 0.8])
+    priority = build_image_strategy("decomp", weights=[0.2, 0.8], min_pixels=4)
+    assert isinstance(priority, DecompImagePriority) and priority.min_pixels == 4
+    missing = r"'decomp' \(DecompSampler: weights, shape, .*\): missing a required argument: 'weights'"
+    with pytest.raises(TypeError, match=missing):
+        build_region_strategy("decomp", shape)
+    unexpected = r"'entropy' \(EntropyRegions: shape\): got an unexpected keyword argument 'pool_factor'"
+    with pytest.raises(TypeError, match=unexpected):
+        build_region_strategy("entropy", shape, pool_factor=3)
+
+
+def test_the_simulator_offers_every_registered_strategy():
+    assert set(REGION_STRATEGIES) == {DECOMP, *SIMULATED_BASELINES}
 
 
 # --- image priorities ----------------------------------------------------------------------------------

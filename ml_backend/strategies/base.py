@@ -202,6 +202,12 @@ class RegionShape(Protocol):
         seed at once. Must cost a few passes over the image, not one per seed."""
 
 
+def check_region_count(k: int) -> None:
+    """Refuse a ``k`` (regions to select in one image) that is not a non-negative integer."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k (regions per image) must be a non-negative integer, got {k!r}")
+
+
 class RegionStrategy(Protocol):
     """Chooses up to ``k`` disjoint regions inside one image."""
 

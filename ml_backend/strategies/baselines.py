@@ -4,6 +4,7 @@ Region level (``RegionStrategy``): random, entropy top-K, and the three "entropy
 methods of the authors' code (k-means, core-set, BADGE), which draw a pool of the ``pool_factor * K``
 best non-overlapping entropy regions and keep K of them. Image level (``ImageStrategy``): random and
 mean entropy. Everything is N-dimensional (2-D images and 3-D volumes) and deterministic under a seed.
+The registries at the end hold these and DECOMP's, so every strategy can be built by name.
 
 Every region strategy returns disjoint regions that avoid labelled and ignored pixels, each carrying the
 strategy's own score in ``Region.score`` (the random key for ``RandomRegions``, the region's mean pixel
@@ -14,12 +15,14 @@ by entropy too, not by the order the diversity step picked them: the set is what
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from typing import ClassVar
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import ImageStrategy, Region, RegionShape, RegionStrategy, ScoredImage
+from .base import ImageStrategy, Region, RegionShape, RegionStrategy, ScoredImage, check_region_count
+from .decomp import DecompImagePriority, DecompSampler
 from .diversity import (
     badge_embeddings,
     k_center_greedy,
@@ -54,11 +57,6 @@ def pixel_entropy(probabilities: np.ndarray) -> np.ndarray:
     if not np.isfinite(entropy).all():
         raise ValueError("probabilities contain NaN or infinite values")
     return entropy
-
-
-def _check_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k (regions to select) must be a non-negative integer, got {k!r}")
 
 
 def _check_option(option: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -108,7 +106,7 @@ class RandomRegions:
         self.shape = shape
 
     def select(self, image: ScoredImage, k: int, rng: np.random.Generator) -> list[Region]:
-        _check_k(k)
+        check_region_count(k)
         self.shape.prepare(image)
         # Taking the seeds in the order of i.i.d. uniform keys is a uniform draw among the seeds left.
         keys = rng.random(image.spatial_shape, dtype=np.float32)
@@ -131,7 +129,7 @@ class EntropyRegions:
         self.shape = shape
 
     def select(self, image: ScoredImage, k: int, rng: np.random.Generator) -> list[Region]:
-        _check_k(k)
+        check_region_count(k)
         probabilities = _require_probabilities(image, type(self).__name__)
         self.shape.prepare(image)
         return greedy_regions(self.shape, image, self.shape.region_means(pixel_entropy(probabilities)), k)
@@ -165,7 +163,7 @@ class _EntropyPoolThenDiversity:
         self._entropy = EntropyRegions(shape)
 
     def select(self, image: ScoredImage, k: int, rng: np.random.Generator) -> list[Region]:
-        _check_k(k)
+        check_region_count(k)
         if image.features is None:
             raise ValueError(
                 f"{type(self).__name__} needs the model's penultimate feature map (ScoredImage.features, "
@@ -282,7 +280,10 @@ class MeanEntropyPriority:
         return float(entropy[available].mean(dtype=np.float64))
 
 
+# Every strategy by name, DECOMP included, so that the simulator and the command line build any of them
+# alike. Region strategies take the region shape as the keyword ``shape``; DECOMP also needs ``weights``.
 REGION_STRATEGIES: dict[str, Callable[..., RegionStrategy]] = {
+    DecompSampler.name: DecompSampler,
     RandomRegions.name: RandomRegions,
     EntropyRegions.name: EntropyRegions,
     EntropyKMeansRegions.name: EntropyKMeansRegions,
@@ -291,20 +292,34 @@ REGION_STRATEGIES: dict[str, Callable[..., RegionStrategy]] = {
 }
 
 IMAGE_STRATEGIES: dict[str, Callable[..., ImageStrategy]] = {
+    DecompImagePriority.name: DecompImagePriority,
     RandomImagePriority.name: RandomImagePriority,
     MeanEntropyPriority.name: MeanEntropyPriority,
 }
 
 
-def build_region_strategy(name: str, shape: RegionShape, **options) -> RegionStrategy:
-    """The region strategy registered under ``name``, on ``shape``, with its keyword ``options``."""
-    if name not in REGION_STRATEGIES:
-        raise ValueError(f"unknown region strategy {name!r}; known: {', '.join(sorted(REGION_STRATEGIES))}")
-    return REGION_STRATEGIES[name](shape, **options)
+def _build(kind: str, registry: Mapping[str, Callable[..., Any]], name: str, arguments: dict[str, Any]):
+    if name not in registry:
+        raise ValueError(f"unknown {kind} strategy {name!r}; known: {', '.join(sorted(registry))}")
+    factory = registry[name]
+    signature = inspect.signature(factory)
+    try:
+        signature.bind(**arguments)
+    except TypeError as error:
+        accepted = ", ".join(
+            f"**{p.name}" if p.kind is p.VAR_KEYWORD else p.name for p in signature.parameters.values()
+        )
+        raise TypeError(f"{kind} strategy {name!r} ({factory.__name__}: {accepted}): {error}") from None
+    return factory(**arguments)
 
 
-def build_image_strategy(name: str, **options) -> ImageStrategy:
-    """The image strategy registered under ``name``, with its keyword ``options``."""
-    if name not in IMAGE_STRATEGIES:
-        raise ValueError(f"unknown image strategy {name!r}; known: {', '.join(sorted(IMAGE_STRATEGIES))}")
-    return IMAGE_STRATEGIES[name](**options)
+def build_region_strategy(name: str, shape: RegionShape, **options: Any) -> RegionStrategy:
+    """The region strategy registered under ``name``, on ``shape``, with its keyword ``options``
+    (``weights`` for DECOMP, e.g. ``PoolStatistics.class_weights()``)."""
+    return _build("region", REGION_STRATEGIES, name, {"shape": shape, **options})
+
+
+def build_image_strategy(name: str, **options: Any) -> ImageStrategy:
+    """The image strategy registered under ``name``, with its keyword ``options`` (``weights`` for
+    DECOMP)."""
+    return _build("image", IMAGE_STRATEGIES, name, options)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ml_backend.strategies.base import Region, RegionShape, ScoredImage
+from ml_backend.strategies.base import Region, RegionShape, ScoredImage, check_region_count
 from ml_backend.strategies.seeds import BestClearSeeds
 from ml_backend.strategies.shapes import BoxRegions
 from ml_backend.strategies.stats import DEFAULT_RATE_DECIMALS, PoolStatistics
@@ -205,8 +205,7 @@ class DecompSampler(_ClassWeighted):
     ) -> list[Region]:
         """Up to ``k`` disjoint regions. ``statistics`` may pass the image's own
         ``PoolStatistics.from_image`` when the caller already has it, saving a pass over the image."""
-        if k < 0:
-            raise ValueError(f"k (regions per image) must be >= 0, got {k}")
+        check_region_count(k)
         rng = np.random.default_rng(rng)
         if k == 0:
             return []
