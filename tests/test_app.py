@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +35,9 @@ class FakeBackend:
 
     def setup(self, **kwargs: Any) -> None:
         self.log.append(("setup", self.project, self.label_config, kwargs))
+
+    def warm_up(self) -> None:
+        self.log.append(("warm_up", self.project))
 
     def predict(self, tasks: list[dict], context: dict | None = None, **kwargs: Any) -> dict:
         self.log.append(("predict", self.project, self.label_config, context, kwargs))
@@ -90,6 +94,14 @@ def test_setup_accepts_every_project_form(client, calls, sent, key) -> None:
     assert calls == [
         ("setup", key, "<View/>", {"hostname": "http://ls:8080", "access_token": "tok", "extra_params": None})
     ]
+
+
+def test_setup_warms_the_model_up_only_once_its_answer_is_sent(client, calls) -> None:
+    response = client.post("/setup", json={"project": 4, "schema": "<View/>"})
+    assert response.get_json() == {"model_version": "fake-4"}
+    assert [call[0] for call in calls] == ["setup"]
+    response.close()  # what the WSGI server does after sending the answer
+    assert calls[-1] == ("warm_up", "4")
 
 
 def test_predict_returns_one_result_per_task_with_model_version(client, calls) -> None:
@@ -303,9 +315,23 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
 def test_serve_starts_gunicorn_that_answers_and_stops_on_sigterm(tmp_path) -> None:
+    """... and, once /setup with a labelling config has answered, builds the model in the background."""
     port = _free_port()
-    environment = {**os.environ, "HOME": str(tmp_path / "home"), "MODEL_DIR": str(tmp_path / "models")}
+    environment = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "MODEL_DIR": str(tmp_path / "models"),
+        "DECOMP_ENCODER_WEIGHTS": "none",
+    }
     for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "PORT", "HOST"):
         environment.pop(name, None)
     (tmp_path / "home").mkdir()
@@ -323,13 +349,18 @@ def test_serve_starts_gunicorn_that_answers_and_stops_on_sigterm(tmp_path) -> No
                 assert time.monotonic() < deadline, "gunicorn did not answer /health in time"
                 time.sleep(0.3)
         assert health == {"status": "UP", "model_class": "DecompBackend"}
-        setup = urllib.request.Request(
-            f"http://127.0.0.1:{port}/setup",
-            data=json.dumps({"project": "5.1700000000"}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(setup, timeout=5) as response:
-            assert json.load(response) == {"model_version": "decomp-v0"}
+        setup = f"http://127.0.0.1:{port}/setup"
+        assert _post_json(setup, {"project": "5.1700000000"}) == {"model_version": "decomp-v0"}
+        schema = (Path(__file__).parents[1] / "examples" / "brush_project.xml").read_text()
+        assert _post_json(setup, {"project": "6.1700000000", "schema": schema}) == {
+            "model_version": "decomp-v0"
+        }
+        warmed = tmp_path / "models" / "6" / "checkpoints" / "decomp-v0.pt"
+        while not warmed.is_file():
+            assert process.poll() is None, process.stdout.read().decode()
+            assert time.monotonic() < deadline, "the model was not built after /setup"
+            time.sleep(0.3)
+        assert not (tmp_path / "models" / "5").exists(), "no config, nothing to warm up"
     finally:
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=60)[0].decode()

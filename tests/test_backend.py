@@ -173,6 +173,39 @@ def test_setup_answers_the_version_without_loading_weights(http, runtime) -> Non
     assert state.label_config() == LABEL_CONFIG
 
 
+def test_setup_answers_before_the_model_warms_up_and_predict_reuses_the_warm_model(
+    http, runtime, monkeypatch
+) -> None:
+    release, built = threading.Event(), []
+    build = runtime.initial_model
+
+    def slow_build(config):
+        assert release.wait(30), "the test never let the build finish"
+        built.append(build(config))
+        return built[-1]
+
+    def warm_ups() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate() if thread.name == "decomp-warm-up-1"]
+
+    monkeypatch.setattr(runtime, "initial_model", slow_build)
+    response = http.post("/setup", json={"project": "1.1700000000", "schema": LABEL_CONFIG})
+    assert response.get_json() == {"model_version": "decomp-v0"}
+    assert warm_ups() == [], "nothing competes with /setup before its answer is sent"
+    response.close()  # the server has sent the answer
+    (warming,) = warm_ups()
+    assert warming.is_alive() and runtime._models == {}, "/setup did not wait for the model"
+    http.post("/setup", json={"project": 1, "schema": LABEL_CONFIG}).close()
+    assert warm_ups() == [warming], "Label Studio's repeated /setup calls start no second warm-up"
+
+    release.set()
+    warming.join(60)
+    (model,) = built
+    assert runtime._models["1"].model is model
+    assert ProjectState(runtime.settings.model_dir, 1).current_checkpoint().is_file()
+    assert _predict(http, [_task(91, "/data/upload/1/0.png")])[0]["model_version"] == "decomp-v0"
+    assert runtime._models["1"].model is model and built == [model], "predict reused the warm model"
+
+
 def test_setup_with_an_unusable_config_names_what_is_missing(http) -> None:
     config = (
         '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'

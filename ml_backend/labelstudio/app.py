@@ -33,7 +33,8 @@ MODEL_MODULES = ("ml_backend.model.inference", "ml_backend.model.checkpoint", "s
 
 
 class Backend(Protocol):
-    """What the routes need from a backend (label-studio-ml 2.x contract plus versions and metrics)."""
+    """What the routes need from a backend: the label-studio-ml 2.x contract, plus ``warm_up()`` (start
+    loading the model in the background; called after /setup has answered), versions and metrics."""
 
     handled_events: frozenset[str]
 
@@ -41,6 +42,8 @@ class Backend(Protocol):
     def model_version(self) -> str: ...
 
     def setup(self, **kwargs: Any) -> None: ...
+
+    def warm_up(self) -> None: ...
 
     def predict(
         self, tasks: list[dict[str, Any]], context: dict[str, Any] | None = None, **kwargs: Any
@@ -82,7 +85,11 @@ def create_app(backend: BackendFactory | Backend, *, basic_auth: tuple[str, str]
             access_token=_optional_string(body, "access_token"),
             extra_params=body.get("extra_params"),
         )
-        return jsonify(model_version=model.model_version)
+        response = jsonify(model_version=model.model_version)
+        # Only once the answer is sent (the WSGI server closes the response), so that loading the model
+        # never competes with /setup's 3 s; the first /predict then finds the model ready.
+        response.call_on_close(model.warm_up)
+        return response
 
     @app.post("/predict")
     def predict() -> Response:

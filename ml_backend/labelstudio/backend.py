@@ -3,7 +3,8 @@
 ``BackendRuntime`` lives as long as the process: settings, the loaded models (one per project, reloaded
 when the served version changes), the training worker and the /predict timings. ``DecompBackend`` is made
 per request for one project, like label-studio-ml's model class, and is cheap: ``setup()`` reads a small
-JSON file and parses the labelling config; weights load on the first ``predict``.
+JSON file and parses the labelling config; the weights load on a background thread once /setup has answered
+(``warm_up``), or on the first ``predict`` at the latest.
 
 Prediction ``score``: Label Studio's "Uncertainty sampling" serves tasks by ascending prediction score,
 so each prediction's score is ``1 - priority``, where the DECOMP priority (the summed class weights of the
@@ -61,6 +62,8 @@ SCORE_DECIMALS = 6
 LATENCY_WINDOW = 1000
 PREDICT_STAGES = ("load", "forward", "decomp", "encode", "total")
 INITIAL_WEIGHTS_SEED = 0
+
+_WarmUpKey = tuple[str, str, tuple[str, ...]]  # project, model version, class names
 
 
 def default_model_dir() -> Path:
@@ -252,6 +255,8 @@ class BackendRuntime:
         self._client_factory = client_factory
         self._models: dict[str, _ServedModel] = {}
         self._models_lock = threading.Lock()
+        self._warm_ups: set[_WarmUpKey] = set()
+        self._warm_ups_lock = threading.Lock()
         self._configs: dict[str, ProjectConfig] = {}
         self._connections: dict[str, tuple[str | None, str | None]] = {}
         self.event_handlers: dict[str, EventHandler] = {}
@@ -338,6 +343,39 @@ class BackendRuntime:
                 served = self._load_or_create(state, config)
                 self._models[state.project_id] = served
             return served
+
+    def warm_up(self, state: ProjectState, config: ProjectConfig) -> threading.Thread | None:
+        """Load (or create) the project's served model on a background thread, so that the first /predict
+        after a start does not spend Label Studio's 100 s importing torch and building the network.
+
+        Once per project, version and classes: returns the thread, or None when that model was warmed (or
+        is warming) already. A predict that arrives meanwhile waits for the same load instead of starting
+        its own. A failed warm-up is logged and forgotten, so the next /setup tries again."""
+        key = (state.project_id, state.current_version(), config.class_names)
+        with self._warm_ups_lock:
+            if key in self._warm_ups:
+                return None
+            self._warm_ups.add(key)
+        name = f"decomp-warm-up-{state.project_id}"
+        thread = threading.Thread(target=self._warm, args=(state, config, key), name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def _warm(self, state: ProjectState, config: ProjectConfig, key: _WarmUpKey) -> None:
+        started = time.perf_counter()
+        try:
+            served = self.served_model(state, config)
+        except Exception:  # the first /predict loads it instead, and reports what fails
+            with self._warm_ups_lock:
+                self._warm_ups.discard(key)
+            logger.exception("project %s: warming up the model failed", state.project_id)
+            return
+        logger.info(
+            "project %s: model %s ready for /predict (%.1f s)",
+            state.project_id,
+            served.version,
+            time.perf_counter() - started,
+        )
 
     def _load_or_create(self, state: ProjectState, config: ProjectConfig) -> _ServedModel:
         from ml_backend.model.checkpoint import load_checkpoint, save_checkpoint
@@ -437,10 +475,19 @@ class DecompBackend:
 
     def setup(self, hostname: str | None = None, access_token: str | None = None, **_extra: Any) -> None:
         """Check the labelling config (a config DECOMP cannot use fails here, where Label Studio shows the
-        error on connecting) and remember where Label Studio is; loads no weights."""
+        error on connecting) and remember where Label Studio is; loads no weights (see :meth:`warm_up`)."""
         self.runtime.remember_connection(self.state.project_id, hostname, access_token)
-        if self.label_config or self.state.label_config():
+        if self._knows_config():
             self.config()
+
+    def warm_up(self) -> None:
+        """Start loading the served model in the background (the app calls this once /setup has answered);
+        returns at once. Nothing to do while no labelling config is known."""
+        if self._knows_config():
+            self.runtime.warm_up(self.state, self.config())
+
+    def _knows_config(self) -> bool:
+        return bool(self.label_config or self.state.label_config())
 
     # -- predict ------------------------------------------------------------------------------------------
 
