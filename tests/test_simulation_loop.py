@@ -270,16 +270,25 @@ def test_each_cycle_trains_from_the_initial_weights_or_the_previous_model(
     monkeypatch.setattr(
         Simulator, "scorer", lambda self, model, labelled: lambda i, needs: labelled.unscored(i)
     )
-    settings = _settings(strategies=("random", FULL), cycles=2, epochs=3, warm_start=warm_start)
+    settings = _settings(
+        strategies=("random", FULL),
+        cycles=2,
+        epochs=3,
+        initial_epochs=5,
+        initial_regions=7,
+        warm_start=warm_start,
+    )
     simulate(tiny, settings, tmp_path, progress=False)
 
     (c0, c1, c2, full) = calls
     assert [c[3] for c in calls] == [0, 1, 2, 0]  # the trainer's seed follows (seed, cycle)
+    # one initial image with 7 regions (clipped at the tile's edges): more than 3 regions could cover
+    assert 3 * 16 * 16 < c0[2] <= 7 * 16 * 16
     assert c0[2] < c1[2] < c2[2] and full[2] == 6 * 64 * 64
     if warm_start:
         assert c1[0] is c0[1] and c2[0] is c1[1]
-        assert [c[4] for c in calls] == [3, 3, 3, 9]  # full: as many steps as the last cycle saw
+        assert [c[4] for c in calls] == [5, 3, 3, 11]  # full: as many steps as the last cycle saw
     else:
         assert c0[0] is c1[0] is c2[0]
-        assert [c[4] for c in calls] == [3, 3, 3, 3]
+        assert [c[4] for c in calls] == [5, 3, 3, 3]
     assert full[0] is not c0[0]  # built anew from the same seed: not the object the strategy trained

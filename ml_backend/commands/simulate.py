@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="images that get random regions before the first cycle (the same for every strategy)",
     )
+    loop.add_argument(
+        "--initial-regions", type=int, help="random regions per initial image (default: --regions-per-image)"
+    )
     loop.add_argument("--tau", type=float, default=0.7, help="DECOMP confidence threshold")
     loop.add_argument(
         "--center",
@@ -82,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10,
         help="training epochs per cycle; an epoch draws as many crops as the pool has planes, "
         "whatever is labelled, so every cycle and strategy trains for the same number of steps",
+    )
+    training.add_argument(
+        "--initial-epochs",
+        type=int,
+        help="epochs of the first training (on the initial set, shared by all strategies; default: --epochs)",
     )
     training.add_argument(
         "--crops-per-epoch", type=int, help="training crops per epoch (default: the pool's images or slices)"
@@ -173,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
             region_size=args.region_size,
             region_shape=args.region_shape,
             initial_images=args.initial,
+            initial_regions=args.initial_regions,
+            initial_epochs=args.initial_epochs,
             epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.lr,

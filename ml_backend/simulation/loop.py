@@ -63,7 +63,9 @@ class SimulationSettings:
     region_size: int = 32
     region_shape: str = "box"
     initial_images: int = 2
+    initial_regions: int | None = None  # regions per initial image; None: regions_per_image
     epochs: int = 10
+    initial_epochs: int | None = None  # epochs of cycle 0; None: epochs
     batch_size: int = 8
     learning_rate: float = 1e-3
     crop_size: int | None = None
@@ -93,7 +95,8 @@ class SimulationSettings:
             "epochs",
             "batch_size",
         ]
-        counts += [name for name in ("crop_size", "crops_per_epoch") if getattr(self, name) is not None]
+        optional = ("crop_size", "crops_per_epoch", "initial_regions", "initial_epochs")
+        counts += [name for name in optional if getattr(self, name) is not None]
         for name in ["cycles", *counts]:
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "cycles" else 1):
@@ -539,7 +542,8 @@ class Simulator:
         for image_id in order.tolist():
             if len(chosen) == self.settings.initial_images:
                 break
-            regions = sampler.select(labelled.unscored(image_id), self.settings.regions_per_image, rng)
+            wanted = self.settings.initial_regions or self.settings.regions_per_image
+            regions = sampler.select(labelled.unscored(image_id), wanted, rng)
             if regions:
                 labelled.reveal(image_id, regions)
                 chosen.append(Selection(image_id, regions))
@@ -572,8 +576,8 @@ class Simulator:
         """Cycle 0 of a seed: the same labels, weights and training seed for every strategy, hence the
         same model: trained once per seed and shared (it is only read afterwards)."""
         if self._first_cycle is None or self._first_cycle[0] != seed:
-            trained = self.train_and_evaluate(initial, labelled, seed, 0, self.settings.epochs)
-            self._first_cycle = (seed, trained)
+            epochs = self.settings.initial_epochs or self.settings.epochs
+            self._first_cycle = (seed, self.train_and_evaluate(initial, labelled, seed, 0, epochs))
         return self._first_cycle[1]
 
     def run_full(self, seed: int) -> list[CycleRecord]:
@@ -581,7 +585,9 @@ class Simulator:
         last cycle's model has seen in total (more than one cycle's worth when models are warm-started)."""
         labelled = LabelledPool(self.pool.samples, self.num_classes)
         labelled.reveal_all()
-        epochs = self.settings.epochs * (self.settings.cycles + 1 if self.settings.warm_start else 1)
+        epochs = self.settings.epochs
+        if self.settings.warm_start:
+            epochs = (self.settings.initial_epochs or epochs) + epochs * self.settings.cycles
         _, score, class_scores, trained = self.train_and_evaluate(
             self.initial_model(seed), labelled, seed, 0, epochs
         )
