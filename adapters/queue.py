@@ -13,7 +13,9 @@ What is written, per unlabelled task: ``data.decomp_priority`` (the DECOMP image
 :data:`PRIORITY_DECIMALS`), ``data.decomp_regions`` (how many regions are proposed) and one prediction of
 the current model version carrying the pre-annotation and the proposed regions. A rerun writes only what
 changed: a task whose two data fields already hold the new values and which already has a prediction of the
-version is left alone, so running twice in a row makes no second write (the call counts say so).
+version is left alone, so running twice in a row makes no second write (the call counts say so). In the
+backend's state (:class:`ProjectState`) it keeps the pool's statistics totals (what /predict turns into class
+weights), each scored image's own statistics, and the proposals of every task whose prediction it wrote.
 
 API cost (Label Studio 1.23.2, see docs/adapter.md): the pool is read in pages; predictions are created
 in bulk (``import_predictions``); Label Studio has no bulk call that writes different data to different
@@ -38,7 +40,13 @@ from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
 from ml_backend.background import CoalescingWorker
-from ml_backend.labelstudio.backend import input_window, prediction_result, prediction_score, proposal_rng
+from ml_backend.labelstudio.backend import (
+    input_window,
+    issued_regions,
+    prediction_result,
+    prediction_score,
+    proposal_rng,
+)
 from ml_backend.labelstudio.state import ProjectState
 from ml_backend.strategies.base import ScoredImage
 from ml_backend.strategies.stats import PoolStatistics
@@ -82,18 +90,24 @@ class PoolTask:
 
 @dataclass(frozen=True)
 class QueueEntry:
-    """What DECOMP decided for one task: its priority, and the prediction (pre-annotation + proposals)."""
+    """What DECOMP decided for one task: its priority, the prediction (pre-annotation + proposals) and the
+    proposed regions as ``ProjectState.record_proposals`` keeps them."""
 
     task_id: int
     priority: float
     result: list[dict[str, Any]]
-    regions: int
+    proposals: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def regions(self) -> int:
+        return len(self.proposals)
 
 
 @dataclass
 class PublishReport:
     """What :func:`publish_queue` wrote: the tab's id, how many of ``tasks`` entries changed which part,
-    whether ``project.model_version`` moved, and the tasks skipped because they left the pool meanwhile."""
+    whether ``project.model_version`` moved, the tasks whose prediction (and so proposals) was written, and
+    the tasks skipped because they left the pool meanwhile."""
 
     view_id: int
     tasks: int
@@ -102,6 +116,7 @@ class PublishReport:
     predictions_replaced: int = 0
     model_version: str | None = None
     model_version_changed: bool = False
+    published: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
 
     @property
@@ -254,10 +269,12 @@ def publish_queue(
             payload = [prediction_payload(entry, model_version) for entry in batch]
             client.projects.import_predictions(project_id, request=payload)
             report.predictions_created += len(batch)
+            report.published += [entry.task_id for entry in batch]
             bar.update(len(batch))
         for entry in replaced:
             _replace_prediction(client, entry, model_version)
             report.predictions_replaced += 1
+            report.published.append(entry.task_id)
             bar.update()
         for task_id, data in patches:
             client.tasks.update(str(task_id), data=data)
@@ -429,14 +446,17 @@ def queue_entry(
 
     analysis = analyse_image(scored, weights, config.decomp, proposal_rng(project_id, task_id, version))
     return QueueEntry(
-        task_id, analysis.priority, prediction_result(scored, analysis.regions, config), len(analysis.regions)
+        task_id,
+        analysis.priority,
+        prediction_result(scored, analysis.regions, config),
+        issued_regions(analysis.regions, config.class_names),
     )
 
 
 def unreadable_entry(task_id: int) -> QueueEntry:
     """A task whose image cannot be read goes last (priority 0, the backend's score 1.0) and proposes
     nothing."""
-    return QueueEntry(task_id, 0.0, [], 0)
+    return QueueEntry(task_id, 0.0, [])
 
 
 # -- the whole reprioritisation -------------------------------------------------------------------------
@@ -472,24 +492,27 @@ class ReprioritizeReport:
         return "\n".join(lines)
 
 
-def stored_statistics(
-    pool: PoolStatistics, scores: PoolScores, previous: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The pool statistics payload for ProjectState: the pool's totals (what predict turns into class
-    weights) plus per-image statistics under "images", keyed by task id, so that an image's share can later
-    be added or removed without a forward pass. ``previous`` (the stored payload) is given when only new
-    tasks were scored: its images are kept; a full run describes exactly the pool it scored."""
-    images = dict((previous or {}).get("images") or {})
-    images.update({str(task_id): stats.to_dict() for task_id, stats in scores.statistics.items()})
-    return {**pool.to_dict(), "images": images}
-
-
-def stored_pool(state: ProjectState) -> tuple[PoolStatistics | None, dict[str, Any] | None]:
-    """The pool statistics last written for the project (None before any), and the raw payload."""
+def stored_pool(state: ProjectState) -> PoolStatistics | None:
+    """The pool totals last written for the project, or None before any."""
     record = state.pool_statistics()
-    if record is None:
-        return None, None
-    return PoolStatistics.from_dict(record["statistics"]), record["statistics"]
+    return None if record is None else PoolStatistics.from_dict(record["statistics"])
+
+
+def record_published_proposals(
+    state: ProjectState, entries: Sequence[QueueEntry], published: Sequence[int], model_version: str
+) -> None:
+    """Remember the proposals of the tasks whose prediction was just written, as /predict does for the
+    tasks it predicts, so that the backend knows what each task was last issued."""
+    written = set(published)
+    for entry in entries:
+        if entry.task_id in written:
+            state.record_proposals(
+                entry.task_id,
+                model_version=model_version,
+                priority=entry.priority,
+                score=prediction_score(entry.priority),
+                regions=entry.proposals,
+            )
 
 
 def reprioritize(
@@ -520,7 +543,7 @@ def reprioritize(
     state = ProjectState(runtime.settings.model_dir, project_id)
     config = runtime.project_config(state, project.label_config)
     served = runtime.served_model(state, config)
-    previous_pool, previous_payload = stored_pool(state)
+    previous_pool = stored_pool(state)
     with tempfile.TemporaryDirectory(prefix="decomp-scores-") as folder:
         store = ScoredStore(Path(folder))
         scores = score_tasks(
@@ -538,9 +561,12 @@ def reprioritize(
 
     started = time.perf_counter()
     if totals is not None:
-        kept = previous_payload if task_ids is not None else None
-        state.write_pool_statistics(stored_statistics(totals, scores, kept), served.version)
+        images = {task_id: stats.to_dict() for task_id, stats in scores.statistics.items()}
+        # A full run describes exactly the pool it scored; new tasks add to the images stored before.
+        state.write_image_statistics(images, served.version, keep_others=task_ids is not None)
+        state.write_pool_statistics(totals.to_dict(), served.version)
     published = publish_queue(client, project_id, pool, entries, served.version, progress=progress)
+    record_published_proposals(state, entries, published.published, served.version)
     label_studio_s += time.perf_counter() - started
     return ReprioritizeReport(
         project_id=project_id,

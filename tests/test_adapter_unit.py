@@ -218,7 +218,7 @@ class FakeLabelStudio:
 
 def pool_entries(priorities: dict[int, float], regions: int = 3) -> list[QueueEntry]:
     return [
-        QueueEntry(task_id, priority, [{"id": f"r{task_id}"}], regions)
+        QueueEntry(task_id, priority, [{"id": f"r{task_id}"}], [{"class_index": 1}] * regions)
         for task_id, priority in priorities.items()
     ]
 
@@ -301,12 +301,12 @@ def test_pool_can_be_restricted_to_given_tasks_and_reports_prediction_versions()
 
 def test_data_update_keeps_other_fields_and_is_none_when_current() -> None:
     task = PoolTask(1, {"image": "a.png", PRIORITY_FIELD: 0.5})
-    entry = QueueEntry(1, 0.25, [], 4)
+    entry = QueueEntry(1, 0.25, [], [{"class_index": 1}] * 4)
     assert data_update(task, entry) == {"image": "a.png", PRIORITY_FIELD: 0.25, REGIONS_FIELD: 4}
     current = PoolTask(1, {"image": "a.png", PRIORITY_FIELD: 0.25, REGIONS_FIELD: 4})
     assert data_update(current, entry) is None
     # priorities are compared after rounding, so float noise does not cause writes
-    assert data_update(current, QueueEntry(1, 0.25 + 1e-12, [], 4)) is None
+    assert data_update(current, QueueEntry(1, 0.25 + 1e-12, [], entry.proposals)) is None
 
 
 def test_publish_writes_everything_once_and_a_rerun_writes_nothing() -> None:
@@ -632,8 +632,8 @@ def test_reprioritize_publishes_decomp_priorities_under_the_pool_weights(runtime
     }
     pool = sum(per_image.values())
     stored = state.pool_statistics()
-    assert PoolStatistics.from_dict(stored["statistics"]) == pool
-    assert set(stored["statistics"]["images"]) == {"1", "2", "3", "4"}
+    assert stored["statistics"] == pool.to_dict()
+    assert state.image_statistics() == {t: stats.to_dict() for t, stats in per_image.items()}
     assert stored["model_version"] == report.model_version == "decomp-v0"
     weights = pool_weights(pool, 3)
     for task_id, stats in per_image.items():
@@ -644,9 +644,19 @@ def test_reprioritize_publishes_decomp_priorities_under_the_pool_weights(runtime
         proposals = [r for r in prediction.result if r["from_name"] == "decomp_regions"]
         assert len(proposals) == client.task_data[task_id][REGIONS_FIELD] > 0
         assert all(r["readonly"] for r in proposals)
+        issued = state.issued_proposals(task_id)  # recorded as /predict records what it issues
+        assert (issued["model_version"], issued["score"]) == ("decomp-v0", prediction.score)
+        assert len(issued["regions"]) == len(proposals)
+        names = runtime.project_config(state, None).class_names
+        assert all(region["class_name"] == names[region["class_index"]] for region in issued["regions"])
     # the unreadable task goes last and proposes nothing
     assert client.task_data[5][PRIORITY_FIELD] == 0.0 and client.task_data[5][REGIONS_FIELD] == 0
+    assert state.issued_proposals(5)["regions"] == []
     assert client.project.model_version == "decomp-v0"
+    assert state.proposals_issued() == 5
+    issued_at = state.issued_proposals(1)["issued_at"]
+    reprioritize(client, runtime, 7, batch_size=2)  # nothing changed: nothing published, nothing recorded
+    assert state.issued_proposals(1)["issued_at"] == issued_at
 
 
 def test_new_tasks_are_scored_against_the_stored_pool_weights_without_changing_them(runtime) -> None:
@@ -658,6 +668,7 @@ def test_new_tasks_are_scored_against_the_stored_pool_weights_without_changing_t
     reprioritize(client, runtime, 7)
     state = ProjectState(runtime.settings.model_dir, 7)
     before = state.pool_statistics()["statistics"]
+    assert set(state.image_statistics()) == {1, 2, 3}
     client.task_data.update({task_id: data for task_id, data in photo_tasks().items() if task_id > 3})
     client.calls.clear()
     report = reprioritize(client, runtime, 7, task_ids=[4, 5])
@@ -667,11 +678,11 @@ def test_new_tasks_are_scored_against_the_stored_pool_weights_without_changing_t
     assert {key: after[key] for key in ("predicted", "confident")} == {
         key: before[key] for key in ("predicted", "confident")
     }
-    assert set(after["images"]) == {"1", "2", "3", "4", "5"}
+    assert set(state.image_statistics()) == {1, 2, 3, 4, 5}
     # a full run describes exactly the pool it scored: an annotated image leaves the stored statistics
     client.annotated = {1}
     reprioritize(client, runtime, 7)
-    assert set(state.pool_statistics()["statistics"]["images"]) == {"2", "3", "4", "5"}
+    assert set(state.image_statistics()) == {2, 3, 4, 5}
 
 
 # -- the background updater -------------------------------------------------------------------------------

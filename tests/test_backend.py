@@ -290,6 +290,10 @@ def test_score_orders_tasks_by_descending_decomp_priority(http, runtime, monkeyp
     assert mixed["score"] == pytest.approx(1 - weights.sum())
     assert mixed["score"] < dark["score"]
     assert state.issued_proposals(32)["priority"] == pytest.approx(1.0)
+    queue = http.get("/metrics?project=1").get_json()["queue"]
+    assert queue["pool"] == {"tau": 0.7, "predicted": [100, 100], "confident": [80, 20]}
+    assert queue["class_weights"] == {"background": pytest.approx(0.2), "Object": pytest.approx(0.8)}
+    assert queue["proposals_issued"] == 2
 
 
 def test_predict_before_any_pool_statistics_uses_uniform_weights(http, runtime, monkeypatch) -> None:
@@ -385,7 +389,14 @@ def test_start_training_runs_in_the_background_and_serves_a_new_version(http, ru
     assert metrics["model_version"] == "decomp-v1"
     assert metrics["versions"][0]["metrics"]["samples"] == 3
     assert metrics["predict"]["tasks"] == 2
-    assert metrics["queue"]["proposals_issued"] == 1
+    assert metrics["queue"] == {
+        "model_version": None,
+        "updated_at": None,
+        "pool": {},
+        "class_weights": {"background": 0.5, "Object": 0.5},
+        "images_scored": 0,
+        "proposals_issued": 1,
+    }
 
 
 @pytest.mark.parametrize(

@@ -161,11 +161,14 @@ def test_runs_keep_only_the_most_recent(tmp_path: Path) -> None:
 def test_pool_statistics_proposals_and_label_config_round_trip(tmp_path: Path) -> None:
     state = ProjectState(tmp_path, 4)
     assert state.pool_statistics() is None
+    assert state.image_statistics() == {}
     assert state.issued_proposals(10) is None
+    assert state.proposals_issued() == 0
     assert state.label_config() is None
 
     state.write_pool_statistics({"counts": [1, 2]}, "decomp-v3")
-    state.record_proposals(10, {"model_version": "decomp-v3", "regions": [{"seed": [1, 2]}]})
+    state.record_proposals(10, model_version="decomp-v3", priority=0.6, score=0.4, regions=[{"seed": [1, 2]}])
+    state.record_proposals(11, model_version="decomp-v3", priority=0.0, score=1.0, regions=[])
     state.save_label_config("<View/>")
 
     reopened = ProjectState(tmp_path, 4)
@@ -173,11 +176,32 @@ def test_pool_statistics_proposals_and_label_config_round_trip(tmp_path: Path) -
     assert statistics["model_version"] == "decomp-v3"
     assert statistics["statistics"] == {"counts": [1, 2]}
     issued = reopened.issued_proposals(10)
+    assert (issued["model_version"], issued["priority"], issued["score"]) == ("decomp-v3", 0.6, 0.4)
     assert issued["regions"] == [{"seed": [1, 2]}]
     assert issued["issued_at"] > 0
+    assert reopened.proposals_issued() == 2
     assert reopened.label_config() == "<View/>"
     with pytest.raises(ValueError, match="task id"):
         reopened.issued_proposals("../10")
+
+
+def test_image_statistics_are_replaced_by_a_full_run_and_added_to_by_new_tasks(tmp_path: Path) -> None:
+    state = ProjectState(tmp_path, 4)
+    state.write_image_statistics({1: {"n": 1}, 2: {"n": 2}}, "decomp-v1")
+    state.write_image_statistics({3: {"n": 3}, 2: {"n": 20}}, "decomp-v1", keep_others=True)
+    assert ProjectState(tmp_path, 4).image_statistics() == {1: {"n": 1}, 2: {"n": 20}, 3: {"n": 3}}
+    state.write_image_statistics({3: {"n": 30}}, "decomp-v2")
+    assert state.image_statistics() == {3: {"n": 30}}
+    assert state.pool_statistics() is None, "the pool totals live in a file of their own"
+
+
+def test_image_statistics_written_inside_the_pool_file_by_earlier_versions_are_read(tmp_path: Path) -> None:
+    state = ProjectState(tmp_path, 4)
+    state.write_pool_statistics({"tau": 0.7, "images": {"5": {"n": 5}}}, "decomp-v1")
+    assert state.image_statistics() == {5: {"n": 5}}
+    write_json_atomic(state.root / "image_statistics.json", {"images": ["not", "a", "mapping"]})
+    with pytest.raises(StateError, match="image_statistics.json does not map task ids"):
+        state.image_statistics()
 
 
 def test_state_and_the_app_do_not_import_torch() -> None:

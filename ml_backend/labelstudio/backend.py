@@ -20,7 +20,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,6 +96,22 @@ def input_window(model: torch.nn.Module, image: np.ndarray) -> tuple[float, floa
     in_channels = model_spec(model).in_channels
     planes, _ = as_planes(image, 2, in_channels)
     return intensity_window(channels_last(planes, in_channels))
+
+
+def issued_regions(regions: list[Region], class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Proposed regions as ``ProjectState.record_proposals`` keeps them (JSON): the class each was drawn
+    for, its seed pixel, bounding box, size and confidence."""
+    return [
+        {
+            "class_index": region.class_index,
+            "class_name": None if region.class_index is None else class_names[region.class_index],
+            "seed": [int(coordinate) for coordinate in region.seed],
+            "bbox": [[axis.start, axis.stop] for axis in region.bbox],
+            "size": region.size,
+            "confidence": region.confidence,
+        }
+        for region in regions
+    ]
 
 
 def prediction_result(
@@ -566,27 +582,14 @@ class DecompBackend:
         self.runtime.latency.task(timings, failed=False)
         score = prediction_score(analysis.priority)
         if isinstance(task_id, int):
-            self._record_proposals(task_id, served.version, analysis, score, config)
+            self.state.record_proposals(
+                task_id,
+                model_version=served.version,
+                priority=analysis.priority,
+                score=score,
+                regions=issued_regions(analysis.regions, config.class_names),
+            )
         return {"result": result, "score": score, "model_version": served.version}
-
-    def _record_proposals(
-        self, task_id: int, version: str, analysis: Any, score: float, config: ProjectConfig
-    ) -> None:
-        regions = [
-            {
-                "class_index": region.class_index,
-                "class_name": None if region.class_index is None else config.class_names[region.class_index],
-                "seed": list(region.seed),
-                "bbox": [[axis.start, axis.stop] for axis in region.bbox],
-                "size": region.size,
-                "confidence": region.confidence,
-            }
-            for region in analysis.regions
-        ]
-        self.state.record_proposals(
-            task_id,
-            {"model_version": version, "priority": analysis.priority, "score": score, "regions": regions},
-        )
 
     # -- fit ------------------------------------------------------------------------------------------------
 
@@ -644,8 +647,6 @@ class DecompBackend:
         runs = self.state.runs()
         succeeded = [run for run in runs if run.get("status") == "succeeded"]
         last = succeeded[-1]["metrics"] if succeeded else {}
-        pool = self.state.pool_statistics()
-        proposals = self.state.root / "proposals"
         return {
             "model_class": type(self).__name__,
             "project": self.state.project_id,
@@ -659,9 +660,29 @@ class DecompBackend:
                 "annotations_since_last_run": self.state.annotations_since_last_run(),
                 "worker": self.runtime.worker.snapshot(),
             },
-            "queue": {
-                "pool_statistics": pool,
-                "proposals_issued": len(os.listdir(proposals)) if proposals.is_dir() else 0,
-            },
+            "queue": self._queue_metrics(),
             "predict": self.runtime.latency.snapshot(),
+        }
+
+    def _queue_metrics(self) -> dict[str, Any]:
+        """The queue at a glance: the pool totals and the class weights predict uses, and how many images
+        were scored and tasks were issued proposals (the per-image statistics stay in their file)."""
+        from ml_backend.labelstudio.config import LabelConfigError
+
+        stored = self.state.pool_statistics() or {}
+        totals = stored.get("statistics") or {}
+        try:
+            config = self.config()
+        except LabelConfigError:
+            weights = None
+        else:
+            weights = self._class_weights(config).round(6).tolist()
+            weights = dict(zip(config.class_names, weights, strict=True))
+        return {
+            "model_version": stored.get("model_version"),
+            "updated_at": stored.get("updated_at"),
+            "pool": {key: totals[key] for key in ("tau", "predicted", "confident") if key in totals},
+            "class_weights": weights,
+            "images_scored": len(self.state.image_statistics()),
+            "proposals_issued": self.state.proposals_issued(),
         }

@@ -4,8 +4,9 @@ Layout::
 
     version.json           current model version + the last few published versions (with their metrics)
     checkpoints/<v>.pt     one checkpoint per kept version (written by the model's atomic save)
-    pool_statistics.json   the latest DECOMP pool statistics (written by the adapter, read by predict)
-    proposals/<task>.json  the proposals last issued for each task
+    pool_statistics.json   the pool's DECOMP statistics totals (written by the adapter, read by predict)
+    image_statistics.json  each scored image's own statistics, by task id (written by the adapter)
+    proposals/<task>.json  the proposals last issued for each task (by predict or the adapter)
     training.json          annotations counted since the last run + the last training runs
     label_config.xml       the last labelling config Label Studio sent (predict may arrive without one)
 
@@ -23,6 +24,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ VERSION_PREFIX = "decomp-v"
 KEPT_VERSIONS = 5
 KEPT_RUNS = 20
 DEFAULT_PROJECT = "default"
+IMAGE_STATISTICS_FILE = "image_statistics.json"
 
 _PROJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOCKS: dict[Path, threading.RLock] = {}
@@ -163,6 +166,8 @@ class ProjectState:
     # -- pool statistics (the adapter writes, predict reads) ------------------------------------------
 
     def write_pool_statistics(self, statistics: dict[str, Any], model_version: str) -> None:
+        """The pool's totals (``PoolStatistics.to_dict()``: what predict turns into class weights), as
+        computed with ``model_version``. Per-image statistics go to :meth:`write_image_statistics`."""
         write_json_atomic(
             self.root / "pool_statistics.json",
             {"model_version": model_version, "updated_at": time.time(), "statistics": statistics},
@@ -172,6 +177,37 @@ class ProjectState:
         """``{"model_version", "updated_at", "statistics"}`` as last written, or None before any exist."""
         return read_json(self.root / "pool_statistics.json")
 
+    def write_image_statistics(
+        self, images: Mapping[int, dict[str, Any]], model_version: str, *, keep_others: bool = False
+    ) -> None:
+        """Each scored image's own statistics by task id, so that its share of the pool can later be added
+        or removed without a forward pass. ``images`` replaces what is stored (a full run describes exactly
+        the pool it scored), or with ``keep_others`` is added to it (new tasks scored on their own)."""
+        with self._lock:
+            stored = self.image_statistics() if keep_others else {}
+            stored.update(images)
+            write_json_atomic(
+                self.root / IMAGE_STATISTICS_FILE,
+                {
+                    "model_version": model_version,
+                    "updated_at": time.time(),
+                    "images": {str(task_id): stats for task_id, stats in stored.items()},
+                },
+            )
+
+    def image_statistics(self) -> dict[int, dict[str, Any]]:
+        """The stored per-image statistics by task id (empty before any exist)."""
+        record = read_json(self.root / IMAGE_STATISTICS_FILE)
+        if record is None:  # written before per-image statistics had a file of their own
+            record = {"images": ((self.pool_statistics() or {}).get("statistics") or {}).get("images") or {}}
+        try:
+            return {int(task_id): stats for task_id, stats in record["images"].items()}
+        except (KeyError, AttributeError, TypeError, ValueError) as error:
+            raise StateError(
+                f"{self.root / IMAGE_STATISTICS_FILE} does not map task ids to statistics ({error}); "
+                "delete it and reprioritize the project"
+            ) from error
+
     # -- proposals issued ---------------------------------------------------------------------------------
 
     def _proposals_path(self, task_id: int) -> Path:
@@ -179,11 +215,36 @@ class ProjectState:
             raise ValueError(f"task id must be an int, got {task_id!r}")
         return self.root / "proposals" / f"{task_id}.json"
 
-    def record_proposals(self, task_id: int, record: dict[str, Any]) -> None:
-        write_json_atomic(self._proposals_path(task_id), {**record, "issued_at": time.time()})
+    def record_proposals(
+        self,
+        task_id: int,
+        *,
+        model_version: str,
+        priority: float,
+        score: float,
+        regions: list[dict[str, Any]],
+    ) -> None:
+        """What was issued for a task (by /predict or the adapter's queue): the model version, the DECOMP
+        priority, the prediction score and the proposed regions; replaces the previous record."""
+        record = {
+            "model_version": model_version,
+            "priority": priority,
+            "score": score,
+            "regions": regions,
+            "issued_at": time.time(),
+        }
+        write_json_atomic(self._proposals_path(task_id), record)
 
     def issued_proposals(self, task_id: int) -> dict[str, Any] | None:
+        """The last record of :meth:`record_proposals` for the task, or None."""
         return read_json(self._proposals_path(task_id))
+
+    def proposals_issued(self) -> int:
+        """How many tasks have a proposals record."""
+        try:
+            return sum(1 for path in (self.root / "proposals").iterdir() if path.suffix == ".json")
+        except FileNotFoundError:
+            return 0
 
     # -- training counters and runs -----------------------------------------------------------------------
 

@@ -130,9 +130,11 @@ def test_reprioritize_writes_priorities_proposals_and_scores_that_agree(
         proposals = [item for item in prediction.result if item["from_name"] == "decomp_regions"]
         assert len(proposals) == data[REGIONS_FIELD] == K
     # the backend's predict reads the pool statistics the command stored
-    stored = ProjectState(backend.model_dir, ordered_project).pool_statistics()
+    state = ProjectState(backend.model_dir, ordered_project)
+    stored = state.pool_statistics()
     assert stored["model_version"] == version
-    assert set(stored["statistics"]["images"]) == {str(task_id) for task_id in tasks}
+    assert set(state.image_statistics()) == set(tasks)
+    assert all(state.issued_proposals(task_id)["model_version"] == version for task_id in tasks)
 
 
 def test_the_queue_tab_serves_tasks_in_descending_priority(ls_client, label_studio, ordered_project) -> None:
@@ -219,7 +221,7 @@ def test_an_annotation_in_the_proposals_retrains_and_the_backend_reorders_the_qu
         assert abs(fresh.score - prediction_score(tasks[task_id][PRIORITY_FIELD])) < 1e-4
     stored = state.pool_statistics()
     assert stored["model_version"] == new_version  # the pool was rescored with the new model
-    assert set(stored["statistics"]["images"]) >= {str(task_id) for task_id in queue}
+    assert set(state.image_statistics()) >= set(queue)
 
 
 # -- mistakes: clear messages, non-zero exit codes, nothing half-written ------------------------------------
