@@ -478,6 +478,26 @@ def test_other_errors_keep_status_and_detail() -> None:
     assert explained.fix is None
 
 
+def test_command_options_default_to_their_environment_variables(monkeypatch) -> None:
+    import argparse
+
+    from ml_backend.commands import connect, reprioritize
+
+    monkeypatch.setenv("BASIC_AUTH_USER", "ls")
+    monkeypatch.delenv("BASIC_AUTH_PASS", raising=False)
+    monkeypatch.setenv("MODEL_DIR", "/srv/models")
+    parsers = {name: argparse.ArgumentParser() for name in ("connect", "reprioritize")}
+    connect.add_arguments(parsers["connect"])
+    reprioritize.add_arguments(parsers["reprioritize"])
+    parsed = parsers["connect"].parse_args(["--project", "1", "--backend-url", "http://b:9090"])
+    assert (parsed.basic_auth_user, parsed.basic_auth_pass) == ("ls", None)
+    assert parsers["reprioritize"].parse_args(["--project", "1"]).model_dir == "/srv/models"
+    flagged = parsers["reprioritize"].parse_args(["--project", "1", "--model-dir", "/tmp/m"])
+    assert flagged.model_dir == "/tmp/m"
+    (model_dir,) = [a for a in parsers["reprioritize"]._actions if a.dest == "model_dir"]
+    assert model_dir.help == "the backend's model folder (default: $MODEL_DIR, else the backend's default)"
+
+
 def test_settings_come_from_flags_or_environment_and_missing_ones_are_named(monkeypatch) -> None:
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     monkeypatch.setenv("LABEL_STUDIO_HOST", "http://ls:8080/")

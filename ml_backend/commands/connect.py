@@ -20,20 +20,24 @@ def add_label_studio_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_environment_option(
+    parser: argparse.ArgumentParser, flag: str, variable: str, help_text: str, *, otherwise: str = ""
+) -> None:
+    """An option whose default is the environment variable ``variable`` (named in the help, followed by
+    ``otherwise``: what applies when neither is set)."""
+    parser.add_argument(
+        flag, default=os.environ.get(variable), help=f"{help_text} (default: ${variable}{otherwise})"
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_label_studio_arguments(parser)
     parser.add_argument(
         "--backend-url", required=True, help="the backend's address as Label Studio reaches it"
     )
-    parser.add_argument(
-        "--basic-auth-user",
-        default=os.environ.get("BASIC_AUTH_USER"),
-        help="the backend's basic-auth user (default: $BASIC_AUTH_USER)",
-    )
-    parser.add_argument(
-        "--basic-auth-pass",
-        default=os.environ.get("BASIC_AUTH_PASS"),
-        help="the backend's basic-auth password (default: $BASIC_AUTH_PASS)",
+    add_environment_option(parser, "--basic-auth-user", "BASIC_AUTH_USER", "the backend's basic-auth user")
+    add_environment_option(
+        parser, "--basic-auth-pass", "BASIC_AUTH_PASS", "the backend's basic-auth password"
     )
     parser.add_argument("--title", default=None, help="the connection's title in Label Studio")
 

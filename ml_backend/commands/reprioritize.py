@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import TYPE_CHECKING
 
-from ml_backend.commands.connect import add_label_studio_arguments
+from ml_backend.commands.connect import add_environment_option, add_label_studio_arguments
 
 if TYPE_CHECKING:
     from adapters.connect import LabelStudioSettings
@@ -20,10 +19,12 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_label_studio_arguments(parser)
-    parser.add_argument(
+    add_environment_option(
+        parser,
         "--model-dir",
-        default=os.environ.get("MODEL_DIR"),
-        help="the backend's model folder (default: $MODEL_DIR, else the backend's default)",
+        "MODEL_DIR",
+        "the backend's model folder",
+        otherwise=", else the backend's default",
     )
     parser.add_argument(
         "--tasks",
