@@ -386,6 +386,7 @@ def test_start_training_runs_in_the_background_and_serves_a_new_version(http, ru
     assert any("task 3" in reason and "cancelled" in reason for reason in skipped)
     assert any("task 4" in reason and "HTTP 404" in reason for reason in skipped)
     assert metrics["training"]["last_loss"] == run["metrics"]["loss"]
+    assert metrics["training"]["unchanged_runs"] == int(run["metrics"]["weights_unchanged"])
     assert metrics["model_version"] == "decomp-v1"
     assert metrics["versions"][0]["metrics"]["samples"] == 3
     assert metrics["predict"]["tasks"] == 2
@@ -397,6 +398,53 @@ def test_start_training_runs_in_the_background_and_serves_a_new_version(http, ru
         "images_scored": 0,
         "proposals_issued": 1,
     }
+
+
+def test_a_run_whose_epochs_never_beat_the_start_publishes_the_unchanged_weights_and_says_so(
+    http, runtime, monkeypatch, caplog
+) -> None:
+    from types import SimpleNamespace
+
+    def no_epoch_helps(model, samples, **options):
+        return SimpleNamespace(
+            history=[object(), object()],
+            losses=[0.9, 0.8],
+            val_mious=[0.30, 0.35],
+            initial_val_miou=0.40,
+            best_val_miou=0.40,
+            best_epoch=0,  # the trainer handed back the starting weights
+            validation="samples",
+            train_pixels=100,
+            val_pixels=40,
+        )
+
+    monkeypatch.setattr("ml_backend.model.training.train_segmentation", no_epoch_helps)
+    _setup(http)
+    _predict(http, [_task(52, "/data/upload/1/0.png")])
+    with caplog.at_level("WARNING", logger="ml_backend.labelstudio.worker"):
+        http.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+        assert runtime.worker.wait_until_idle(timeout=60)
+
+    assert "no epoch of this run beat its starting weights" in caplog.text
+    assert "val mIoU 0.4000 before training, 0.3500 at best" in caplog.text
+    assert "the weights did not change: decomp-v1 serves the starting weights again" in caplog.text
+    metrics = http.get("/metrics?project=1").get_json()
+    (run,) = metrics["training"]["runs"]
+    assert run["status"] == "succeeded" and run["model_version"] == "decomp-v1"
+    assert run["metrics"]["weights_unchanged"] is True and run["metrics"]["best_epoch"] == 0
+    assert metrics["training"]["unchanged_runs"] == 1
+    assert metrics["model_version"] == "decomp-v1", "a version per run, as Label Studio expects"
+    state = ProjectState(runtime.settings.model_dir, 1)
+    before = torch_state(state.checkpoint_path("decomp-v0"))
+    after = torch_state(state.checkpoint_path("decomp-v1"))
+    assert before.keys() == after.keys()
+    assert all(before[key].equal(after[key]) for key in before), "the published weights are the old ones"
+
+
+def torch_state(checkpoint: Path) -> dict:
+    import torch
+
+    return torch.load(checkpoint, weights_only=True)["state_dict"]
 
 
 @pytest.mark.parametrize(

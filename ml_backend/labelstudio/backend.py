@@ -657,6 +657,7 @@ class DecompBackend:
                 "last_loss": last.get("loss"),
                 "last_val_miou": last.get("val_miou"),
                 "failed_runs": sum(run.get("status") == "failed" for run in runs),
+                "unchanged_runs": sum(bool(run["metrics"].get("weights_unchanged")) for run in succeeded),
                 "annotations_since_last_run": self.state.annotations_since_last_run(),
                 "worker": self.runtime.worker.snapshot(),
             },

@@ -236,7 +236,10 @@ def build_training_samples(
 
 
 def fine_tune(model: Any, samples: list[tuple[Any, Any]], hyper: TrainingHyperparameters) -> dict[str, Any]:
-    """Train ``model`` in place on the samples; the run's numbers for /metrics and version.json."""
+    """Train ``model`` in place on the samples; the run's numbers for /metrics and version.json.
+
+    ``weights_unchanged`` is True when no epoch beat the starting weights on the held-out pixels: the
+    trainer then hands back the starting weights (best epoch 0)."""
     from ml_backend.model.training import train_segmentation
 
     if not samples:
@@ -262,6 +265,7 @@ def fine_tune(model: Any, samples: list[tuple[Any, Any]], hyper: TrainingHyperpa
         "val_mious": report.val_mious,
         "initial_val_miou": report.initial_val_miou,
         "best_epoch": report.best_epoch,
+        "weights_unchanged": report.best_epoch == 0,
         "validation": report.validation,
         "train_pixels": report.train_pixels,
         "val_pixels": report.val_pixels,
@@ -289,4 +293,19 @@ def train_project(
     version = state.next_version()
     save_checkpoint(state.checkpoint_path(version), model, {"model_version": version, "metrics": metrics})
     state.publish_version(version, metrics)
+    if metrics["weights_unchanged"]:
+        # Published all the same: Label Studio and the queue expect a new version after every run.
+        logger.warning(
+            "project %s: no epoch of this run beat its starting weights on the held-out pixels (val mIoU "
+            "%s before training, %s at best), so the weights did not change: %s serves the starting "
+            "weights again. More annotations, more epochs (decomp_epochs) or another learning rate may help",
+            state.project_id,
+            _rounded(metrics["initial_val_miou"]),
+            _rounded(max((m for m in metrics["val_mious"] if m is not None), default=None)),
+            version,
+        )
     return TrainingOutcome(version, metrics)
+
+
+def _rounded(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
