@@ -19,15 +19,6 @@ from ml_backend.model.training import (
 FAST = {"lr": 1e-3, "batch_size": 2, "crop_size": 64, "seed": 0, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> None:
-    """Two threads on two shared, busy cores spin-wait on each other (a step took 8 s instead of 0.5 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def initial_model() -> torch.nn.Module:
     torch.manual_seed(0)
