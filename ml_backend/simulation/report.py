@@ -199,7 +199,7 @@ def plot_curves(results: SimulationResults, path: Path, title: str = "") -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7.5, 5))
+    figure, axes = plt.subplots(figsize=(9, 5))
     for strategy in results.strategies():
         if strategy == FULL:
             continue
@@ -220,7 +220,7 @@ def plot_curves(results: SimulationResults, path: Path, title: str = "") -> None
         title or f"{results.metric} vs labelled share: mean over {len(seeds)} seed(s), band = min-max"
     )
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a curve
     figure.tight_layout()
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp.png")
