@@ -146,6 +146,12 @@ def test_a_rerun_keeps_finished_runs_and_refuses_other_settings(tiny, tmp_path, 
     again = simulate(tiny, settings, tmp_path, progress=False)
     assert [r.score for r in again.records] == [r.score for r in first.records]
 
+    # results written before an option existed count as run with its default
+    written = json.loads((tmp_path / "results.json").read_text())
+    del written["settings"]["initial_epochs"]
+    (tmp_path / "results.json").write_text(json.dumps(written))
+    assert len(simulate(tiny, settings, tmp_path, progress=False).records) == len(first.records)
+
     with pytest.raises(ValueError, match="holds results of other settings or data"):
         simulate(tiny, _settings(strategies=("random",), cycles=1, region_size=8), tmp_path, progress=False)
 

@@ -675,6 +675,8 @@ def simulate(
     previous = out / RESULTS_JSON
     if previous.is_file():
         earlier = read_results(previous)
+        # Options added since those results were written ran with their defaults then.
+        earlier.settings = {**SimulationSettings().comparable(), **earlier.settings}
         if earlier.settings == results.settings and earlier.class_names == results.class_names:
             results.records = list(earlier.records)
         else:
