@@ -312,17 +312,19 @@ def select_for_cycle(
 def warm_up(
     strategies: Iterable[str], num_classes: int, spatial_dims: int, shape: Callable[[], RegionShape]
 ) -> None:
-    """Run each strategy once on a small random image, so that one-off costs (lazy imports, thread pools,
-    caches) are not metered as the selection time of its first real cycle."""
+    """Run each strategy once on a random image, so that one-off costs (lazy imports, thread pools, caches)
+    are not metered as the selection time of its first real cycle. The image holds many regions and only
+    2 are asked for, so that the diversity baselines' pool of 3K is larger than K and their clustering runs.
+    """
     rng = np.random.default_rng(0)
-    spatial = (64,) * 2 if spatial_dims == 2 else (16, 64, 64)
+    spatial = (256, 256) if spatial_dims == 2 else (32, 96, 96)
     probabilities = rng.dirichlet(np.ones(num_classes), size=spatial).astype(np.float32)
     probabilities = np.moveaxis(probabilities, -1, 0)
     features = rng.random((8, *spatial), dtype=np.float32)
     image = ScoredImage.from_probabilities(probabilities, keep_probabilities=True, features=features)
     for name in strategies:
         selector = build_selector(name, num_classes, shape())
-        select_for_cycle([selector], [0, 1], lambda _i, _needs: image, 1, 4, [rng], [SelectionMeter()])
+        select_for_cycle([selector], [0, 1], lambda _i, _needs: image, 1, 2, [rng], [SelectionMeter()])
 
 
 # ---------------------------------------------------------------------------------------------------------
