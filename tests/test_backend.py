@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from ml_backend.labelstudio.app import create_app, create_app_from_env
 from ml_backend.labelstudio.backend import BackendRuntime, BackendSettings, prediction_score
+from ml_backend.labelstudio.config import ProjectConfig
 from ml_backend.labelstudio.images import ImageLoadError
 from ml_backend.labelstudio.rle import mask_to_rle
 from ml_backend.labelstudio.state import ProjectState
@@ -584,3 +586,34 @@ def test_extra_webhook_events_reach_their_registered_handler(http, runtime) -> N
     assert seen == [("2", [{"id": 5}])]
     with pytest.raises(ValueError, match="training event"):
         runtime.on_event("START_TRAINING", lambda project, data: None)
+
+
+def test_two_runtimes_creating_the_initial_model_at_once_publish_one_version(tmp_path, monkeypatch) -> None:
+    """`serve` and the reprioritize command share MODEL_DIR: both may create the project's first model."""
+    build = BackendRuntime.initial_model
+    builds = iter(range(2))
+
+    def build_after_the_first_is_published(self, config):
+        if next(builds) == 1:  # a second build may only finish once the first model is published
+            deadline = time.monotonic() + 60
+            while ProjectState(self.settings.model_dir, 1).current_checkpoint() is None:
+                assert time.monotonic() < deadline, "the first initial model was never published"
+                time.sleep(0.05)
+        return build(self, config)
+
+    monkeypatch.setattr(BackendRuntime, "initial_model", build_after_the_first_is_published)
+    config = ProjectConfig.from_label_config(LABEL_CONFIG)
+    runtimes = [BackendRuntime(_settings(tmp_path)) for _ in range(2)]
+    versions: list[str] = []
+
+    def serve_first_model(runtime: BackendRuntime) -> None:
+        versions.append(runtime.served_model(ProjectState(runtime.settings.model_dir, 1), config).version)
+
+    threads = [threading.Thread(target=serve_first_model, args=(runtime,)) for runtime in runtimes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    state = ProjectState(runtimes[0].settings.model_dir, 1)
+    assert versions == ["decomp-v0", "decomp-v0"]
+    assert [entry["version"] for entry in state.versions()] == ["decomp-v0"]

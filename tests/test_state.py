@@ -209,3 +209,21 @@ def test_state_and_the_app_do_not_import_torch() -> None:
     probe = "import sys, ml_backend.labelstudio.app; print('torch' in sys.modules)"  # app imports state
     output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert output.stdout.strip() == "False"
+
+
+def test_exclusive_holds_the_project_against_another_process(tmp_path: Path) -> None:
+    state = ProjectState(tmp_path, 7)
+    probe = textwrap.dedent(
+        f"""
+        import fcntl, sys
+        with open({str(state.root / ".lock")!r}, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                sys.exit(3)
+        """
+    )
+    with state.exclusive():
+        held = subprocess.run([sys.executable, "-c", probe])
+    released = subprocess.run([sys.executable, "-c", probe])
+    assert (held.returncode, released.returncode) == (3, 0)

@@ -397,23 +397,28 @@ class BackendRuntime:
         from ml_backend.model.checkpoint import load_checkpoint, save_checkpoint
         from ml_backend.model.network import model_spec
 
-        checkpoint = state.current_checkpoint()
-        if checkpoint is not None:
-            model, _ = load_checkpoint(checkpoint, self.device())
-            if model_spec(model).class_names == config.class_names:
-                return _ServedModel(state.current_version(), model)
-            logger.warning(
-                "project %s: the labelling config's classes %s differ from those of model %s (%s); starting "
-                "a new model for the new classes",
-                state.project_id,
-                list(config.class_names),
-                state.current_version(),
-                list(model_spec(model).class_names or ()),
-            )
-        model = self.initial_model(config)
-        version = state.next_version()
-        save_checkpoint(state.checkpoint_path(version), model, {"model_version": version, "initial": True})
-        state.publish_version(version, {"initial": True})
+        # Under the project's exclusive lock: another process (the reprioritize command, a second
+        # server) may be creating the initial model at the same moment, and must find it, not publish a
+        # second "initial" version next to it.
+        with state.exclusive():
+            checkpoint = state.current_checkpoint()
+            if checkpoint is not None:
+                model, _ = load_checkpoint(checkpoint, self.device())
+                if model_spec(model).class_names == config.class_names:
+                    return _ServedModel(state.current_version(), model)
+                logger.warning(
+                    "project %s: the labelling config's classes %s differ from those of model %s (%s); "
+                    "starting a new model for the new classes",
+                    state.project_id,
+                    list(config.class_names),
+                    state.current_version(),
+                    list(model_spec(model).class_names or ()),
+                )
+            model = self.initial_model(config)
+            version = state.next_version()
+            metadata = {"model_version": version, "initial": True}
+            save_checkpoint(state.checkpoint_path(version), model, metadata)
+            state.publish_version(version, {"initial": True})
         logger.info("project %s: created the initial model %s", state.project_id, version)
         return _ServedModel(version, model)
 

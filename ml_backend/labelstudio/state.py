@@ -19,12 +19,14 @@ within Label Studio's 3 s.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,18 @@ class ProjectState:
         self.project_id = project_key(project_id)
         self.root = Path(model_dir).resolve() / self.project_id
         self._lock = _project_lock(self.root)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Holds the project against other threads and other processes: `serve` and the `reprioritize`
+        command share MODEL_DIR, and both may create the initial model. Not reentrant across calls."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.root / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @property
     def checkpoints_dir(self) -> Path:
