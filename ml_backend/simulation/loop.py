@@ -449,7 +449,8 @@ class Simulator:
     # -- model ----------------------------------------------------------------------------------------
 
     def initial_model(self, seed: int):
-        """The network every cycle of this seed starts from (retrained from scratch, as the authors do)."""
+        """The initial weights of this seed, the same for every strategy: cycle 0 and ``full`` train from
+        them, and so does every later cycle unless ``warm_start``."""
         import torch
 
         from ml_backend.model.network import build_segmentation_model
