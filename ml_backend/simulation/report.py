@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.labelstudio.state import write_text_atomic
 from ml_backend.simulation import FULL
+from ml_backend.storage import write_text_atomic
 
 TARGET_FRACTION = 0.95
 RESULTS_JSON, RESULTS_CSV, CURVE_PNG, SUMMARY_MD = "results.json", "results.csv", "curve.png", "summary.md"
