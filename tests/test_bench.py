@@ -11,15 +11,6 @@ from ml_backend.cli import main
 from ml_backend.simulation import BASELINES, DECOMP
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)  # the command sets --threads for the whole process
-
-
 def _table_rows(output: str, title: str) -> dict[str, list[str]]:
     """First cell -> cells, for the rows of the table printed under the line starting with ``title``."""
     lines = output.splitlines()

@@ -27,17 +27,6 @@ from ml_backend.simulation.report import read_results
 from ml_backend.strategies.base import ScoredImage
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a shared CPU torch's intra-op threads wait on each other: one thread trains several times faster."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> SegmentationDataset:
     """Eight real 64 x 64 photo tiles: the VOC ones hold person, table, chair and bottle."""
